@@ -1,0 +1,348 @@
+//! The metadata database (redb): images, names, layers with their tables of contents and tar
+//! skeletons, compressed-blob → layer mappings and checkouts.
+//!
+//! redb locks its file exclusively while open, so zstore opens the database only for short
+//! transactions, serialised across processes by a lock file (`db.lock`). Long work (downloads,
+//! checkouts) never holds it.
+
+use std::fs::File;
+use std::path::Path;
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::digest::Digest;
+use crate::layer::entry::Entry;
+use crate::layer::skeleton::Skeleton;
+
+/// Version of the database schema; bumped on incompatible changes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+type Tbl = TableDefinition<'static, &'static str, &'static [u8]>;
+const META: Tbl = TableDefinition::new("meta");
+const IMAGES: Tbl = TableDefinition::new("images");
+const REFS: Tbl = TableDefinition::new("refs");
+const LAYERS: Tbl = TableDefinition::new("layers");
+const LAYER_TOCS: Tbl = TableDefinition::new("layer_tocs");
+const LAYER_SKELETONS: Tbl = TableDefinition::new("layer_skeletons");
+const BLOBS: Tbl = TableDefinition::new("blobs");
+const CHECKOUTS: Tbl = TableDefinition::new("checkouts");
+const ALL_TABLES: [Tbl; 8] = [META, IMAGES, REFS, LAYERS, LAYER_TOCS, LAYER_SKELETONS, BLOBS, CHECKOUTS];
+
+/// Database errors.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("metadata database: {0}")]
+    Redb(#[from] redb::Error),
+    #[error("metadata database lock: {0}")]
+    Lock(#[source] std::io::Error),
+    #[error("metadata database: record {key:?} in table {table} is unreadable: {reason}")]
+    Decode { table: &'static str, key: String, reason: String },
+    #[error("metadata database has schema version {found}; this zstore understands {SCHEMA_VERSION}")]
+    Schema { found: u32 },
+}
+
+fn redb_err(e: impl Into<redb::Error>) -> DbError {
+    DbError::Redb(e.into())
+}
+
+/// One layer of an image, as its manifest lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageLayer {
+    /// Digest of the blob as distributed (compressed).
+    pub digest: Digest,
+    pub media_type: String,
+    /// Blob size in bytes.
+    pub size: u64,
+    /// Digest of the uncompressed tar, from the config.
+    pub diff_id: Digest,
+    /// Annotations of the layer descriptor, as (key, value) pairs.
+    pub annotations: Vec<(String, String)>,
+}
+
+/// An image: its manifest, config and layers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    pub manifest_digest: Digest,
+    pub manifest_media_type: String,
+    /// The manifest exactly as fetched (its digest is `manifest_digest`).
+    pub manifest: Vec<u8>,
+    pub config_digest: Digest,
+    /// The config exactly as fetched.
+    pub config: Vec<u8>,
+    pub layers: Vec<ImageLayer>,
+    /// Where it was pulled from.
+    pub source: String,
+    /// Unix time of the pull.
+    pub pulled_at: i64,
+}
+
+/// A stored layer (keyed by DiffID).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerRecord {
+    pub diff_id: Digest,
+    /// Size of the uncompressed tar.
+    pub tar_size: u64,
+    /// Entries in the table of contents.
+    pub entries: u64,
+    /// Regular files with content.
+    pub files: u64,
+    /// Sum of regular file sizes.
+    pub logical_bytes: u64,
+}
+
+/// A checkout zstore made.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckoutRecord {
+    pub path: String,
+    pub manifest_digest: Digest,
+    pub mode: String,
+    pub created_at: i64,
+}
+
+/// An open database, holding the cross-process lock until dropped.
+pub struct Db {
+    db: redb::Database,
+    _lock: File,
+}
+
+impl Db {
+    /// Opens (creating if needed) the database at `path`, first taking the exclusive `lock_path`
+    /// file lock, waiting for other processes' short transactions.
+    pub fn open(path: &Path, lock_path: &Path) -> Result<Db, DbError> {
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(lock_path)
+            .map_err(DbError::Lock)?;
+        lock.lock().map_err(DbError::Lock)?;
+        let db = redb::Database::create(path).map_err(redb_err)?;
+        let this = Db { db, _lock: lock };
+        this.init()?;
+        Ok(this)
+    }
+
+    fn init(&self) -> Result<(), DbError> {
+        {
+            let r = self.db.begin_read().map_err(redb_err)?;
+            if let Ok(meta) = r.open_table(META)
+                && let Some(v) = meta.get("schema").map_err(redb_err)?
+            {
+                let found = u32::from_le_bytes(v.value().try_into().unwrap_or([0xff; 4]));
+                return if found == SCHEMA_VERSION { Ok(()) } else { Err(DbError::Schema { found }) };
+            }
+        }
+        let w = self.db.begin_write().map_err(redb_err)?;
+        for t in ALL_TABLES {
+            w.open_table(t).map_err(redb_err)?;
+        }
+        w.open_table(META)
+            .map_err(redb_err)?
+            .insert("schema", &SCHEMA_VERSION.to_le_bytes()[..])
+            .map_err(redb_err)?;
+        w.commit().map_err(redb_err)?;
+        Ok(())
+    }
+
+    /// Starts a read transaction.
+    pub fn read(&self) -> Result<DbRead, DbError> {
+        Ok(DbRead(self.db.begin_read().map_err(redb_err)?))
+    }
+
+    /// Starts a write transaction; nothing is visible until [`DbWrite::commit`].
+    pub fn write(&self) -> Result<DbWrite, DbError> {
+        Ok(DbWrite(self.db.begin_write().map_err(redb_err)?))
+    }
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    postcard::to_allocvec(v).expect("postcard serialisation of in-memory records cannot fail")
+}
+
+fn encode_compressed<T: Serialize>(v: &T) -> Vec<u8> {
+    let raw = encode(v);
+    zstd::bulk::compress(&raw, 3).expect("zstd compression of an in-memory buffer cannot fail")
+}
+
+fn decode<T: DeserializeOwned>(table: &'static str, key: &str, bytes: &[u8]) -> Result<T, DbError> {
+    postcard::from_bytes(bytes).map_err(|e| DbError::Decode { table, key: key.to_string(), reason: e.to_string() })
+}
+
+/// Upper bound on a decompressed TOC or skeleton record (guards against a corrupted database).
+const MAX_RECORD: usize = 4 << 30;
+
+fn decode_compressed<T: DeserializeOwned>(table: &'static str, key: &str, bytes: &[u8]) -> Result<T, DbError> {
+    let mut raw = Vec::new();
+    zstd::stream::copy_decode(bytes, &mut raw)
+        .map_err(|e| DbError::Decode { table, key: key.to_string(), reason: e.to_string() })?;
+    if raw.len() > MAX_RECORD {
+        return Err(DbError::Decode { table, key: key.to_string(), reason: "record too large".into() });
+    }
+    decode(table, key, &raw)
+}
+
+/// Read access shared by read and write transactions.
+pub trait DbView {
+    #[doc(hidden)]
+    fn get_raw(&self, table: Tbl, key: &str) -> Result<Option<Vec<u8>>, DbError>;
+    #[doc(hidden)]
+    fn all_raw(&self, table: Tbl) -> Result<Vec<(String, Vec<u8>)>, DbError>;
+
+    fn image(&self, manifest: &Digest) -> Result<Option<ImageRecord>, DbError> {
+        let key = manifest.to_string();
+        self.get_raw(IMAGES, &key)?.map(|b| decode("images", &key, &b)).transpose()
+    }
+    fn images(&self) -> Result<Vec<ImageRecord>, DbError> {
+        self.all_raw(IMAGES)?.into_iter().map(|(k, v)| decode("images", &k, &v)).collect()
+    }
+    /// The image a name points at.
+    fn resolve_name(&self, name: &str) -> Result<Option<Digest>, DbError> {
+        match self.get_raw(REFS, name)? {
+            None => Ok(None),
+            Some(v) => std::str::from_utf8(&v)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .map(Some)
+                .ok_or_else(|| DbError::Decode { table: "refs", key: name.to_string(), reason: "bad digest".into() }),
+        }
+    }
+    /// All names with the image each points at.
+    fn names(&self) -> Result<Vec<(String, Digest)>, DbError> {
+        self.all_raw(REFS)?
+            .into_iter()
+            .map(|(k, v)| {
+                let d = std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok()).ok_or_else(|| DbError::Decode {
+                    table: "refs",
+                    key: k.clone(),
+                    reason: "bad digest".into(),
+                })?;
+                Ok((k, d))
+            })
+            .collect()
+    }
+    fn layer(&self, diff_id: &Digest) -> Result<Option<LayerRecord>, DbError> {
+        let key = diff_id.to_string();
+        self.get_raw(LAYERS, &key)?.map(|b| decode("layers", &key, &b)).transpose()
+    }
+    fn layers(&self) -> Result<Vec<LayerRecord>, DbError> {
+        self.all_raw(LAYERS)?.into_iter().map(|(k, v)| decode("layers", &k, &v)).collect()
+    }
+    fn toc(&self, diff_id: &Digest) -> Result<Option<Vec<Entry>>, DbError> {
+        let key = diff_id.to_string();
+        self.get_raw(LAYER_TOCS, &key)?.map(|b| decode_compressed("layer_tocs", &key, &b)).transpose()
+    }
+    /// DiffIDs of every stored table of contents (for fsck).
+    fn toc_keys(&self) -> Result<Vec<String>, DbError> {
+        Ok(self.all_raw(LAYER_TOCS)?.into_iter().map(|(k, _)| k).collect())
+    }
+    fn skeleton(&self, diff_id: &Digest) -> Result<Option<Skeleton>, DbError> {
+        let key = diff_id.to_string();
+        self.get_raw(LAYER_SKELETONS, &key)?.map(|b| decode_compressed("layer_skeletons", &key, &b)).transpose()
+    }
+    /// The DiffID of a compressed blob zstore has imported.
+    fn blob_diff_id(&self, blob: &Digest) -> Result<Option<Digest>, DbError> {
+        let key = blob.to_string();
+        self.get_raw(BLOBS, &key)?.map(|b| decode("blobs", &key, &b)).transpose()
+    }
+    fn blobs(&self) -> Result<Vec<(String, Digest)>, DbError> {
+        self.all_raw(BLOBS)?.into_iter().map(|(k, v)| Ok((k.clone(), decode("blobs", &k, &v)?))).collect()
+    }
+    fn checkouts(&self) -> Result<Vec<CheckoutRecord>, DbError> {
+        self.all_raw(CHECKOUTS)?.into_iter().map(|(k, v)| decode("checkouts", &k, &v)).collect()
+    }
+}
+
+fn get_from(t: &impl ReadableTable<&'static str, &'static [u8]>, key: &str) -> Result<Option<Vec<u8>>, DbError> {
+    Ok(t.get(key).map_err(redb_err)?.map(|g| g.value().to_vec()))
+}
+
+fn all_from(t: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<Vec<(String, Vec<u8>)>, DbError> {
+    let mut out = Vec::new();
+    for item in t.iter().map_err(redb_err)? {
+        let (k, v) = item.map_err(redb_err)?;
+        out.push((k.value().to_string(), v.value().to_vec()));
+    }
+    Ok(out)
+}
+
+/// A read transaction.
+pub struct DbRead(redb::ReadTransaction);
+
+impl DbView for DbRead {
+    fn get_raw(&self, table: Tbl, key: &str) -> Result<Option<Vec<u8>>, DbError> {
+        get_from(&self.0.open_table(table).map_err(redb_err)?, key)
+    }
+    fn all_raw(&self, table: Tbl) -> Result<Vec<(String, Vec<u8>)>, DbError> {
+        all_from(&self.0.open_table(table).map_err(redb_err)?)
+    }
+}
+
+/// A write transaction.
+pub struct DbWrite(redb::WriteTransaction);
+
+impl DbView for DbWrite {
+    fn get_raw(&self, table: Tbl, key: &str) -> Result<Option<Vec<u8>>, DbError> {
+        get_from(&self.0.open_table(table).map_err(redb_err)?, key)
+    }
+    fn all_raw(&self, table: Tbl) -> Result<Vec<(String, Vec<u8>)>, DbError> {
+        all_from(&self.0.open_table(table).map_err(redb_err)?)
+    }
+}
+
+impl DbWrite {
+    fn put(&self, table: Tbl, key: &str, value: &[u8]) -> Result<(), DbError> {
+        self.0.open_table(table).map_err(redb_err)?.insert(key, value).map_err(redb_err)?;
+        Ok(())
+    }
+    fn del(&self, table: Tbl, key: &str) -> Result<bool, DbError> {
+        Ok(self.0.open_table(table).map_err(redb_err)?.remove(key).map_err(redb_err)?.is_some())
+    }
+
+    pub fn put_image(&self, image: &ImageRecord) -> Result<(), DbError> {
+        self.put(IMAGES, &image.manifest_digest.to_string(), &encode(image))
+    }
+    pub fn remove_image(&self, manifest: &Digest) -> Result<bool, DbError> {
+        self.del(IMAGES, &manifest.to_string())
+    }
+    pub fn set_name(&self, name: &str, manifest: &Digest) -> Result<(), DbError> {
+        self.put(REFS, name, manifest.to_string().as_bytes())
+    }
+    pub fn remove_name(&self, name: &str) -> Result<bool, DbError> {
+        self.del(REFS, name)
+    }
+    /// Stores a layer with its table of contents and skeleton.
+    pub fn put_layer(&self, record: &LayerRecord, toc: &[Entry], skeleton: &Skeleton) -> Result<(), DbError> {
+        let key = record.diff_id.to_string();
+        self.put(LAYER_TOCS, &key, &encode_compressed(&toc))?;
+        self.put(LAYER_SKELETONS, &key, &encode_compressed(skeleton))?;
+        self.put(LAYERS, &key, &encode(record))
+    }
+    pub fn remove_layer(&self, diff_id: &Digest) -> Result<bool, DbError> {
+        let key = diff_id.to_string();
+        self.del(LAYER_TOCS, &key)?;
+        self.del(LAYER_SKELETONS, &key)?;
+        self.del(LAYERS, &key)
+    }
+    pub fn put_blob(&self, blob: &Digest, diff_id: &Digest) -> Result<(), DbError> {
+        self.put(BLOBS, &blob.to_string(), &encode(diff_id))
+    }
+    pub fn remove_blob(&self, blob_key: &str) -> Result<bool, DbError> {
+        self.del(BLOBS, blob_key)
+    }
+    pub fn put_checkout(&self, c: &CheckoutRecord) -> Result<(), DbError> {
+        self.put(CHECKOUTS, &c.path, &encode(c))
+    }
+    pub fn remove_checkout(&self, path: &str) -> Result<bool, DbError> {
+        self.del(CHECKOUTS, path)
+    }
+    /// Test and repair hook: deletes a table-of-contents record only.
+    #[doc(hidden)]
+    pub fn remove_toc_only(&self, diff_id: &Digest) -> Result<bool, DbError> {
+        self.del(LAYER_TOCS, &diff_id.to_string())
+    }
+    /// Makes every change of this transaction durable and visible.
+    pub fn commit(self) -> Result<(), DbError> {
+        self.0.commit().map_err(redb_err)
+    }
+}

@@ -1,0 +1,18 @@
+//! The `zstore` command: argument parsing and output; the work is done by the library.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    match cli::run(args) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            cli::output::print_error(&e);
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! Operations that span images, layers and the store (one module per command family).
+
+pub mod export;
+pub mod images;
+pub mod pull;

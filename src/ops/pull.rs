@@ -1,0 +1,339 @@
+//! `pull`: fetches an image (manifest, config, layers), verifies every digest, imports new
+//! layers file by file into the store and records the image under its name.
+//!
+//! Nothing becomes visible before it is verified: new objects stay in a staging area until the
+//! whole image checked out, then they are published and the database commits.
+
+use std::collections::HashMap;
+use std::io::{self, BufRead, BufReader, Read};
+
+use serde::Serialize;
+
+use crate::db::{DbView, ImageLayer, ImageRecord, LayerRecord};
+use crate::digest::{Digest, HashingReader};
+use crate::image::manifest::{self, Descriptor, LayerFormat, ManifestError, Parsed};
+use crate::image::oci_layout::{LayoutError, OciLayout};
+use crate::image::platform::Platform;
+use crate::image::reference::{Location, ReferenceError};
+use crate::layer::import::{ImportError, ImportedLayer, import_tar};
+use crate::progress::Progress;
+use crate::store::staging::Staging;
+use crate::store::{LockMode, Store, StoreError};
+
+/// Options of a pull.
+#[derive(Clone, Debug, Default)]
+pub struct PullOptions {
+    /// Platform to select from an index (default: the host's).
+    pub platform: Option<Platform>,
+}
+
+/// Errors of a pull.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
+    #[error("{what} {digest}: expected {expected_size} bytes with that digest, got {actual_size} bytes hashing to {actual}")]
+    Digest { what: &'static str, digest: Digest, expected_size: u64, actual: Digest, actual_size: u64 },
+    #[error("layer {index} ({digest}): uncompressed content hashes to {actual}, but the image config says {expected}")]
+    DiffId { index: usize, digest: Digest, expected: Digest, actual: Digest },
+    #[error("layer {index} ({digest}) is declared {declared} but its data is {actual}")]
+    FormatMismatch { index: usize, digest: Digest, declared: &'static str, actual: &'static str },
+    #[error("layer {index} ({digest}): {source}")]
+    Import { index: usize, digest: Digest, source: ImportError },
+    #[error("layer {index} ({digest}): reading or decompressing: {source}")]
+    Read { index: usize, digest: Digest, source: io::Error },
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// Per-layer outcome, as `pull --json` reports it.
+#[derive(Clone, Debug, Serialize)]
+pub struct LayerReport {
+    pub digest: Digest,
+    pub diff_id: Digest,
+    pub media_type: String,
+    pub format: &'static str,
+    pub size: u64,
+    /// Bytes read from the source for this layer.
+    pub fetched_bytes: u64,
+    /// Fetched by ranges (zstd:chunked partial pull).
+    pub partial: bool,
+    pub files: u64,
+    /// Files whose content the store already had.
+    pub reused_files: u64,
+    /// Uncompressed bytes of those files.
+    pub reused_bytes: u64,
+    /// The DiffID was checked against the config (now or when the layer was first stored).
+    pub diff_id_verified: bool,
+}
+
+/// What a pull did, as `pull --json` reports it.
+#[derive(Clone, Debug, Serialize)]
+pub struct PullReport {
+    pub image: String,
+    pub manifest_digest: Digest,
+    pub config_digest: Digest,
+    /// Body bytes read from the source (manifests, config and layers).
+    pub fetched_bytes: u64,
+    /// Uncompressed bytes of files taken from the store.
+    pub reused_bytes: u64,
+    pub layers: Vec<LayerReport>,
+}
+
+fn verify(what: &'static str, desc: &Descriptor, bytes: &[u8]) -> Result<(), PullError> {
+    let actual = Digest::of(bytes);
+    if actual != desc.digest || bytes.len() as u64 != desc.size {
+        return Err(PullError::Digest {
+            what,
+            digest: desc.digest,
+            expected_size: desc.size,
+            actual,
+            actual_size: bytes.len() as u64,
+        });
+    }
+    Ok(())
+}
+
+/// Pulls `source` into the store.
+pub fn pull(store: &Store, source: &str, opts: &PullOptions, progress: &dyn Progress) -> Result<PullReport, PullError> {
+    match Location::parse(source)? {
+        Location::OciLayout { dir, tag } => {
+            let name = Location::OciLayout { dir: dir.clone(), tag: tag.clone() }.local_name();
+            let layout = OciLayout::open(&dir)?;
+            pull_layout(store, &layout, tag.as_deref(), &name, source, opts, progress)
+        }
+        Location::Registry(r) => Err(PullError::Unsupported(format!(
+            "cannot pull {r}: pulling from registries is not implemented yet; use oci:DIR[:TAG]"
+        ))),
+    }
+}
+
+fn pull_layout(
+    store: &Store,
+    layout: &OciLayout,
+    tag: Option<&str>,
+    name: &str,
+    source: &str,
+    opts: &PullOptions,
+    progress: &dyn Progress,
+) -> Result<PullReport, PullError> {
+    let mut fetched = 0u64;
+    let mut desc = layout.select(tag)?.clone();
+    let platform = opts.platform.clone().unwrap_or_else(Platform::host);
+    progress.message(&format!("resolving {source}"));
+    let (manifest_bytes, manifest) = {
+        let mut depth = 0;
+        loop {
+            let bytes = layout.read_blob(&desc.digest, manifest::MAX_MANIFEST_SIZE)?;
+            fetched += bytes.len() as u64;
+            verify("manifest", &desc, &bytes)?;
+            match manifest::parse(&bytes, Some(&desc.media_type))? {
+                Parsed::Manifest(m) => break (bytes, m),
+                Parsed::Index(i) if depth == 0 => {
+                    desc = manifest::select_platform(&i, &platform)?.clone();
+                    depth += 1;
+                }
+                Parsed::Index(_) => return Err(PullError::Unsupported("nested image indexes are not supported".into())),
+            }
+        }
+    };
+    let manifest_media_type = manifest.media_type.clone().unwrap_or_else(|| {
+        if desc.media_type.is_empty() { manifest::OCI_MANIFEST.to_string() } else { desc.media_type.clone() }
+    });
+    let config_bytes = layout.read_blob(&manifest.config.digest, manifest::MAX_CONFIG_SIZE)?;
+    fetched += config_bytes.len() as u64;
+    verify("config", &manifest.config, &config_bytes)?;
+    let config = manifest::parse_config(&config_bytes, manifest.layers.len())?;
+
+    let _lock = store.lock(LockMode::Shared, progress)?;
+    let stored: HashMap<Digest, LayerRecord> = {
+        let db = store.db()?;
+        let r = db.read()?;
+        let mut m = HashMap::new();
+        for diff_id in &config.rootfs.diff_ids {
+            if let Some(rec) = r.layer(diff_id)? {
+                m.insert(*diff_id, rec);
+            }
+        }
+        m
+    };
+
+    let mut staging = Staging::new(store)?;
+    let mut imported: HashMap<Digest, ImportedLayer> = HashMap::new();
+    let mut reports = Vec::with_capacity(manifest.layers.len());
+    let total = manifest.layers.len();
+    for (index, (ldesc, diff_id)) in manifest.layers.iter().zip(&config.rootfs.diff_ids).enumerate() {
+        let format = LayerFormat::of(ldesc)?;
+        progress.layer_started(index, total, &ldesc.digest.to_string(), ldesc.size);
+        let mut report = LayerReport {
+            digest: ldesc.digest,
+            diff_id: *diff_id,
+            media_type: ldesc.media_type.clone(),
+            format: format.name(),
+            size: ldesc.size,
+            fetched_bytes: 0,
+            partial: false,
+            files: 0,
+            reused_files: 0,
+            reused_bytes: 0,
+            diff_id_verified: true,
+        };
+        if let Some(rec) = stored.get(diff_id) {
+            // Same uncompressed content already stored and verified: nothing to fetch.
+            report.files = rec.files;
+            report.reused_files = rec.files;
+            report.reused_bytes = rec.logical_bytes;
+        } else if let Some(layer) = imported.get(diff_id) {
+            report.files = layer.files;
+            report.reused_files = layer.files;
+            report.reused_bytes = layer.logical_bytes;
+        } else {
+            let blob = layout.open_blob(&ldesc.digest)?;
+            let (layer, read) = import_blob(&mut staging, blob, index, ldesc, format, diff_id, progress)?;
+            report.fetched_bytes = read;
+            fetched += read;
+            report.files = layer.files;
+            report.reused_files = layer.reused_files;
+            report.reused_bytes = layer.reused_bytes;
+            imported.insert(*diff_id, layer);
+        }
+        progress.layer_finished(index, report.fetched_bytes, report.fetched_bytes == 0);
+        reports.push(report);
+    }
+
+    staging.publish()?;
+    let image = ImageRecord {
+        manifest_digest: desc.digest,
+        manifest_media_type,
+        manifest: manifest_bytes,
+        config_digest: manifest.config.digest,
+        config: config_bytes,
+        layers: manifest
+            .layers
+            .iter()
+            .zip(&config.rootfs.diff_ids)
+            .map(|(d, diff_id)| ImageLayer {
+                digest: d.digest,
+                media_type: d.media_type.clone(),
+                size: d.size,
+                diff_id: *diff_id,
+                annotations: d.annotations.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            })
+            .collect(),
+        source: source.to_string(),
+        pulled_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0),
+    };
+    {
+        let db = store.db()?;
+        let w = db.write()?;
+        for (diff_id, layer) in &imported {
+            let record = LayerRecord {
+                diff_id: *diff_id,
+                tar_size: layer.tar_size,
+                entries: layer.entries.len() as u64,
+                files: layer.files,
+                logical_bytes: layer.logical_bytes,
+            };
+            w.put_layer(&record, &layer.entries, &layer.skeleton)?;
+        }
+        for l in &image.layers {
+            w.put_blob(&l.digest, &l.diff_id)?;
+        }
+        w.put_image(&image)?;
+        w.set_name(name, &image.manifest_digest)?;
+        w.commit()?;
+    }
+    let reused_bytes = reports.iter().map(|l| l.reused_bytes).sum();
+    Ok(PullReport {
+        image: name.to_string(),
+        manifest_digest: image.manifest_digest,
+        config_digest: image.config_digest,
+        fetched_bytes: fetched,
+        reused_bytes,
+        layers: reports,
+    })
+}
+
+/// Counts bytes read into the progress reporter.
+struct Counting<'p, R> {
+    inner: R,
+    index: usize,
+    progress: &'p dyn Progress,
+}
+
+impl<R: Read> Read for Counting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.progress.layer_advanced(self.index, n as u64);
+        Ok(n)
+    }
+}
+
+/// What the first bytes of a blob say it is.
+fn sniff(head: &[u8]) -> &'static str {
+    match head {
+        [0x1f, 0x8b, ..] => "gzip",
+        [0x28, 0xb5, 0x2f, 0xfd, ..] => "zstd",
+        [b, 0x2a, 0x4d, 0x18, ..] if b & 0xf0 == 0x50 => "zstd",
+        _ => "tar",
+    }
+}
+
+/// Streams one layer blob: verifies its size and digest, decompresses, imports every file,
+/// and checks the DiffID. Returns the layer and the number of blob bytes read.
+pub fn import_blob(
+    staging: &mut Staging<'_>,
+    blob: impl Read,
+    index: usize,
+    desc: &Descriptor,
+    format: LayerFormat,
+    expected_diff_id: &Digest,
+    progress: &dyn Progress,
+) -> Result<(ImportedLayer, u64), PullError> {
+    let digest = desc.digest;
+    let read_err = |source| PullError::Read { index, digest, source };
+    let mut hashing = HashingReader::new(Counting { inner: blob, index, progress });
+    let layer = {
+        let mut head = BufReader::with_capacity(1 << 16, &mut hashing);
+        let actual = sniff(head.fill_buf().map_err(read_err)?);
+        let declared = match format {
+            LayerFormat::Tar => "tar",
+            LayerFormat::Gzip | LayerFormat::Estargz => "gzip",
+            LayerFormat::Zstd | LayerFormat::ZstdChunked => "zstd",
+        };
+        if actual != declared {
+            return Err(PullError::FormatMismatch { index, digest, declared: format.name(), actual });
+        }
+        let result = match actual {
+            "gzip" => import_tar(flate2::read::MultiGzDecoder::new(&mut head), staging),
+            "zstd" => import_tar(zstd::stream::read::Decoder::with_buffer(&mut head).map_err(read_err)?, staging),
+            _ => import_tar(&mut head, staging),
+        };
+        let layer = result.map_err(|source| match source {
+            ImportError::Tar(crate::layer::tar::TarError::Io(e)) => read_err(e),
+            source => PullError::Import { index, digest, source },
+        })?;
+        // Whatever follows the compressed stream still counts for the blob digest.
+        io::copy(&mut head, &mut io::sink()).map_err(read_err)?;
+        layer
+    };
+    let (actual, size, _) = hashing.finish();
+    if actual != digest || size != desc.size {
+        return Err(PullError::Digest { what: "layer", digest, expected_size: desc.size, actual, actual_size: size });
+    }
+    if layer.diff_id != *expected_diff_id {
+        return Err(PullError::DiffId { index, digest, expected: *expected_diff_id, actual: layer.diff_id });
+    }
+    Ok((layer, size))
+}
