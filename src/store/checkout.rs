@@ -228,6 +228,10 @@ fn unix_now() -> i64 {
 fn materialize_root(ctx: &mut Ctx<'_>, staging: &Path, tree: &Tree) -> Result<(), StoreError> {
     let root = sys::open_dir(staging).ctx(|| format!("opening {}", staging.display()))?;
     materialize_children(ctx, root.as_fd(), root.as_fd(), &tree.root, &mut Vec::new())?;
+    // Without a "./" entry in any layer the destination keeps the mode it was created with.
+    if tree.root.implicit {
+        return Ok(());
+    }
     apply_dir_meta(ctx, root, &tree.root.entry)
 }
 
