@@ -18,3 +18,5 @@ pub mod ops;
 pub mod progress;
 pub mod store;
 pub mod sys;
+#[doc(hidden)]
+pub mod testhook;

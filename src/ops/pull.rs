@@ -209,7 +209,9 @@ fn pull_layout(
         reports.push(report);
     }
 
+    crate::testhook::pause("pull-before-publish");
     staging.publish()?;
+    crate::testhook::pause("pull-before-commit");
     let image = ImageRecord {
         manifest_digest: desc.digest,
         manifest_media_type,

@@ -35,6 +35,7 @@ pub struct GcReport {
 /// Runs gc.
 pub fn gc(store: &Store, dry_run: bool, progress: &dyn Progress) -> Result<GcReport, StoreError> {
     let _lock = store.lock(LockMode::Exclusive, progress)?;
+    crate::testhook::pause("gc-locked");
     let mut report = GcReport { dry_run, ..Default::default() };
 
     // 1. Layers no image uses, and blob mappings to layers that are gone.
@@ -108,21 +109,25 @@ pub fn gc(store: &Store, dry_run: bool, progress: &dyn Progress) -> Result<GcRep
             (None, None) => {}
         }
     }
-    let mut pending: HashMap<(u64, u64), (u64, u64)> = HashMap::new(); // inode -> (names removed, bytes)
+    // Examine every name before removing any: an inode's space is freed only if all its links
+    // are among the removals (a hardlinked checkout keeps its data alive).
+    let mut pending: HashMap<(u64, u64), (u64, u64, u64)> = HashMap::new(); // inode -> (names, nlink, bytes)
     for name in &removals {
         let path = objects_dir.join(name);
         let md = std::fs::symlink_metadata(&path).ctx(|| format!("examining {}", path.display()))?;
-        let slot = pending.entry((md.dev(), md.ino())).or_insert((0, 0));
+        let slot = pending
+            .entry((md.dev(), md.ino()))
+            .or_insert_with(|| (0, md.nlink(), allocated_exclusive(&path, md.blocks() * 512)));
         slot.0 += 1;
-        if slot.0 == md.nlink() {
-            slot.1 = allocated_exclusive(&path, md.blocks() * 512);
-        }
-        if !dry_run {
-            std::fs::remove_file(&path).ctx(|| format!("removing {}", path.display()))?;
-        }
-        progress.phase_advanced(1);
     }
-    report.removed_bytes = pending.values().map(|(_, b)| b).sum();
+    if !dry_run {
+        for name in &removals {
+            let path = objects_dir.join(name);
+            std::fs::remove_file(&path).ctx(|| format!("removing {}", path.display()))?;
+            progress.phase_advanced(1);
+        }
+    }
+    report.removed_bytes = pending.values().filter(|(names, nlink, _)| names == nlink).map(|(_, _, b)| b).sum();
     if !dry_run {
         for (from, canonical) in &relinks {
             let tmp = store.tmp_dir().join(format!("relink-{}", std::process::id()));

@@ -492,3 +492,58 @@ pub fn gnu_tar(args: &[&str]) {
     let out = Command::new("tar").args(args).output().expect("running tar");
     assert!(out.status.success(), "tar {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Deterministic pseudo-random bytes (xorshift), so fixtures do not compress to nothing.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// The layer tar of near-identical image number `i`: `files` files of `size` bytes shared by
+/// all images, plus `var/www/html/index.html` saying "Container #i" (like the peers' fixtures).
+pub fn near_identical_tar(i: usize, files: usize, size: usize) -> Vec<u8> {
+    let mut t = TarBuilder::new();
+    let meta = Meta::default();
+    t.dir("usr", &meta).dir("usr/lib", &meta);
+    for f in 0..files {
+        t.file(&format!("usr/lib/file{f:03}.bin"), &pseudo_random(size, f as u64 + 1), &meta);
+    }
+    t.dir("var", &meta).dir("var/www", &meta).dir("var/www/html", &meta);
+    t.file(
+        "var/www/html/index.html",
+        format!("<!DOCTYPE html>\n<html><body><h1>Container #{i}</h1></body></html>\n").as_bytes(),
+        &meta,
+    );
+    t.finish()
+}
+
+/// Adds `count` near-identical single-layer images tagged c0… to a layout.
+pub fn near_identical_images(layout: &mut Layout, count: usize, files: usize, size: usize, c: Compression) {
+    for i in 0..count {
+        layout.add_image(&format!("c{i}"), &[(near_identical_tar(i, files, size), c)]);
+    }
+}
+
+/// Waits (bounded) until a hook point is reached by a zstore process.
+pub fn wait_for_hook(dir: &Path, point: &str) {
+    let f = dir.join(format!("{point}.reached"));
+    for _ in 0..60_000 {
+        if f.exists() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    panic!("hook point {point} never reached");
+}
+
+/// Releases a hook point.
+pub fn release_hook(dir: &Path, point: &str) {
+    std::fs::write(dir.join(format!("{point}.continue")), b"").unwrap();
+}

@@ -1,0 +1,28 @@
+//! Pause points for tests of concurrency and crash safety.
+//!
+//! When `ZSTORE_TEST_HOOK_DIR` is set, reaching a named point creates `<dir>/<point>.reached`
+//! and waits until `<dir>/<point>.continue` exists (or `<dir>/<point>.abort`, which exits the
+//! process at once, as a crash would). Without the variable this is a single env lookup.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Longest a process waits at a point before going on by itself.
+const MAX_WAIT: Duration = Duration::from_secs(120);
+
+/// Marks `point` as reached and waits for the test to release it.
+pub fn pause(point: &str) {
+    let Some(dir) = std::env::var_os("ZSTORE_TEST_HOOK_DIR").map(PathBuf::from) else { return };
+    let _ = std::fs::write(dir.join(format!("{point}.reached")), std::process::id().to_string());
+    let start = Instant::now();
+    while start.elapsed() < MAX_WAIT {
+        if dir.join(format!("{point}.continue")).exists() {
+            return;
+        }
+        if dir.join(format!("{point}.abort")).exists() {
+            // Simulates a crash: no destructors, no cleanup.
+            std::process::abort();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
