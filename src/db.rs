@@ -27,7 +27,16 @@ const LAYER_TOCS: Tbl = TableDefinition::new("layer_tocs");
 const LAYER_SKELETONS: Tbl = TableDefinition::new("layer_skeletons");
 const BLOBS: Tbl = TableDefinition::new("blobs");
 const CHECKOUTS: Tbl = TableDefinition::new("checkouts");
-const ALL_TABLES: [Tbl; 8] = [META, IMAGES, REFS, LAYERS, LAYER_TOCS, LAYER_SKELETONS, BLOBS, CHECKOUTS];
+const ALL_TABLES: [Tbl; 8] = [
+    META,
+    IMAGES,
+    REFS,
+    LAYERS,
+    LAYER_TOCS,
+    LAYER_SKELETONS,
+    BLOBS,
+    CHECKOUTS,
+];
 
 /// Database errors.
 #[derive(Debug, thiserror::Error)]
@@ -37,8 +46,14 @@ pub enum DbError {
     #[error("metadata database lock: {0}")]
     Lock(#[source] std::io::Error),
     #[error("metadata database: record {key:?} in table {table} is unreadable: {reason}")]
-    Decode { table: &'static str, key: String, reason: String },
-    #[error("metadata database has schema version {found}; this zstore understands {SCHEMA_VERSION}")]
+    Decode {
+        table: &'static str,
+        key: String,
+        reason: String,
+    },
+    #[error(
+        "metadata database has schema version {found}; this zstore understands {SCHEMA_VERSION}"
+    )]
     Schema { found: u32 },
 }
 
@@ -130,7 +145,11 @@ impl Db {
                 && let Some(v) = meta.get("schema").map_err(redb_err)?
             {
                 let found = u32::from_le_bytes(v.value().try_into().unwrap_or([0xff; 4]));
-                return if found == SCHEMA_VERSION { Ok(()) } else { Err(DbError::Schema { found }) };
+                return if found == SCHEMA_VERSION {
+                    Ok(())
+                } else {
+                    Err(DbError::Schema { found })
+                };
             }
         }
         let w = self.db.begin_write().map_err(redb_err)?;
@@ -166,18 +185,33 @@ fn encode_compressed<T: Serialize>(v: &T) -> Vec<u8> {
 }
 
 fn decode<T: DeserializeOwned>(table: &'static str, key: &str, bytes: &[u8]) -> Result<T, DbError> {
-    postcard::from_bytes(bytes).map_err(|e| DbError::Decode { table, key: key.to_string(), reason: e.to_string() })
+    postcard::from_bytes(bytes).map_err(|e| DbError::Decode {
+        table,
+        key: key.to_string(),
+        reason: e.to_string(),
+    })
 }
 
 /// Upper bound on a decompressed TOC or skeleton record (guards against a corrupted database).
 const MAX_RECORD: usize = 4 << 30;
 
-fn decode_compressed<T: DeserializeOwned>(table: &'static str, key: &str, bytes: &[u8]) -> Result<T, DbError> {
+fn decode_compressed<T: DeserializeOwned>(
+    table: &'static str,
+    key: &str,
+    bytes: &[u8],
+) -> Result<T, DbError> {
     let mut raw = Vec::new();
-    zstd::stream::copy_decode(bytes, &mut raw)
-        .map_err(|e| DbError::Decode { table, key: key.to_string(), reason: e.to_string() })?;
+    zstd::stream::copy_decode(bytes, &mut raw).map_err(|e| DbError::Decode {
+        table,
+        key: key.to_string(),
+        reason: e.to_string(),
+    })?;
     if raw.len() > MAX_RECORD {
-        return Err(DbError::Decode { table, key: key.to_string(), reason: "record too large".into() });
+        return Err(DbError::Decode {
+            table,
+            key: key.to_string(),
+            reason: "record too large".into(),
+        });
     }
     decode(table, key, &raw)
 }
@@ -191,10 +225,15 @@ pub trait DbView {
 
     fn image(&self, manifest: &Digest) -> Result<Option<ImageRecord>, DbError> {
         let key = manifest.to_string();
-        self.get_raw(IMAGES, &key)?.map(|b| decode("images", &key, &b)).transpose()
+        self.get_raw(IMAGES, &key)?
+            .map(|b| decode("images", &key, &b))
+            .transpose()
     }
     fn images(&self) -> Result<Vec<ImageRecord>, DbError> {
-        self.all_raw(IMAGES)?.into_iter().map(|(k, v)| decode("images", &k, &v)).collect()
+        self.all_raw(IMAGES)?
+            .into_iter()
+            .map(|(k, v)| decode("images", &k, &v))
+            .collect()
     }
     /// The image a name points at.
     fn resolve_name(&self, name: &str) -> Result<Option<Digest>, DbError> {
@@ -204,7 +243,11 @@ pub trait DbView {
                 .ok()
                 .and_then(|s| s.parse().ok())
                 .map(Some)
-                .ok_or_else(|| DbError::Decode { table: "refs", key: name.to_string(), reason: "bad digest".into() }),
+                .ok_or_else(|| DbError::Decode {
+                    table: "refs",
+                    key: name.to_string(),
+                    reason: "bad digest".into(),
+                }),
         }
     }
     /// All names with the image each points at.
@@ -212,52 +255,81 @@ pub trait DbView {
         self.all_raw(REFS)?
             .into_iter()
             .map(|(k, v)| {
-                let d = std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok()).ok_or_else(|| DbError::Decode {
-                    table: "refs",
-                    key: k.clone(),
-                    reason: "bad digest".into(),
-                })?;
+                let d = std::str::from_utf8(&v)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| DbError::Decode {
+                        table: "refs",
+                        key: k.clone(),
+                        reason: "bad digest".into(),
+                    })?;
                 Ok((k, d))
             })
             .collect()
     }
     fn layer(&self, diff_id: &Digest) -> Result<Option<LayerRecord>, DbError> {
         let key = diff_id.to_string();
-        self.get_raw(LAYERS, &key)?.map(|b| decode("layers", &key, &b)).transpose()
+        self.get_raw(LAYERS, &key)?
+            .map(|b| decode("layers", &key, &b))
+            .transpose()
     }
     fn layers(&self) -> Result<Vec<LayerRecord>, DbError> {
-        self.all_raw(LAYERS)?.into_iter().map(|(k, v)| decode("layers", &k, &v)).collect()
+        self.all_raw(LAYERS)?
+            .into_iter()
+            .map(|(k, v)| decode("layers", &k, &v))
+            .collect()
     }
     fn toc(&self, diff_id: &Digest) -> Result<Option<Vec<Entry>>, DbError> {
         let key = diff_id.to_string();
-        self.get_raw(LAYER_TOCS, &key)?.map(|b| decode_compressed("layer_tocs", &key, &b)).transpose()
+        self.get_raw(LAYER_TOCS, &key)?
+            .map(|b| decode_compressed("layer_tocs", &key, &b))
+            .transpose()
     }
     /// DiffIDs of every stored table of contents (for fsck).
     fn toc_keys(&self) -> Result<Vec<String>, DbError> {
-        Ok(self.all_raw(LAYER_TOCS)?.into_iter().map(|(k, _)| k).collect())
+        Ok(self
+            .all_raw(LAYER_TOCS)?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect())
     }
     fn skeleton(&self, diff_id: &Digest) -> Result<Option<Skeleton>, DbError> {
         let key = diff_id.to_string();
-        self.get_raw(LAYER_SKELETONS, &key)?.map(|b| decode_compressed("layer_skeletons", &key, &b)).transpose()
+        self.get_raw(LAYER_SKELETONS, &key)?
+            .map(|b| decode_compressed("layer_skeletons", &key, &b))
+            .transpose()
     }
     /// The DiffID of a compressed blob zstore has imported.
     fn blob_diff_id(&self, blob: &Digest) -> Result<Option<Digest>, DbError> {
         let key = blob.to_string();
-        self.get_raw(BLOBS, &key)?.map(|b| decode("blobs", &key, &b)).transpose()
+        self.get_raw(BLOBS, &key)?
+            .map(|b| decode("blobs", &key, &b))
+            .transpose()
     }
     fn blobs(&self) -> Result<Vec<(String, Digest)>, DbError> {
-        self.all_raw(BLOBS)?.into_iter().map(|(k, v)| Ok((k.clone(), decode("blobs", &k, &v)?))).collect()
+        self.all_raw(BLOBS)?
+            .into_iter()
+            .map(|(k, v)| Ok((k.clone(), decode("blobs", &k, &v)?)))
+            .collect()
     }
     fn checkouts(&self) -> Result<Vec<CheckoutRecord>, DbError> {
-        self.all_raw(CHECKOUTS)?.into_iter().map(|(k, v)| decode("checkouts", &k, &v)).collect()
+        self.all_raw(CHECKOUTS)?
+            .into_iter()
+            .map(|(k, v)| decode("checkouts", &k, &v))
+            .collect()
     }
 }
 
-fn get_from(t: &impl ReadableTable<&'static str, &'static [u8]>, key: &str) -> Result<Option<Vec<u8>>, DbError> {
+fn get_from(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<Option<Vec<u8>>, DbError> {
     Ok(t.get(key).map_err(redb_err)?.map(|g| g.value().to_vec()))
 }
 
-fn all_from(t: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<Vec<(String, Vec<u8>)>, DbError> {
+fn all_from(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Vec<(String, Vec<u8>)>, DbError> {
     let mut out = Vec::new();
     for item in t.iter().map_err(redb_err)? {
         let (k, v) = item.map_err(redb_err)?;
@@ -292,11 +364,21 @@ impl DbView for DbWrite {
 
 impl DbWrite {
     fn put(&self, table: Tbl, key: &str, value: &[u8]) -> Result<(), DbError> {
-        self.0.open_table(table).map_err(redb_err)?.insert(key, value).map_err(redb_err)?;
+        self.0
+            .open_table(table)
+            .map_err(redb_err)?
+            .insert(key, value)
+            .map_err(redb_err)?;
         Ok(())
     }
     fn del(&self, table: Tbl, key: &str) -> Result<bool, DbError> {
-        Ok(self.0.open_table(table).map_err(redb_err)?.remove(key).map_err(redb_err)?.is_some())
+        Ok(self
+            .0
+            .open_table(table)
+            .map_err(redb_err)?
+            .remove(key)
+            .map_err(redb_err)?
+            .is_some())
     }
 
     pub fn put_image(&self, image: &ImageRecord) -> Result<(), DbError> {
@@ -312,7 +394,12 @@ impl DbWrite {
         self.del(REFS, name)
     }
     /// Stores a layer with its table of contents and skeleton.
-    pub fn put_layer(&self, record: &LayerRecord, toc: &[Entry], skeleton: &Skeleton) -> Result<(), DbError> {
+    pub fn put_layer(
+        &self,
+        record: &LayerRecord,
+        toc: &[Entry],
+        skeleton: &Skeleton,
+    ) -> Result<(), DbError> {
         let key = record.diff_id.to_string();
         self.put(LAYER_TOCS, &key, &encode_compressed(&toc))?;
         self.put(LAYER_SKELETONS, &key, &encode_compressed(skeleton))?;

@@ -8,7 +8,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest as _, Sha256};
 
 /// The digest of an empty byte string, which every empty file has.
-pub const EMPTY_SHA256_HEX: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+pub const EMPTY_SHA256_HEX: &str =
+    "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
 /// A SHA-256 digest. The only algorithm zstore accepts: OCI registries and layouts use it almost
 /// exclusively, and one algorithm keeps object names unambiguous.
@@ -139,7 +140,11 @@ pub struct HashingReader<R> {
 
 impl<R: Read> HashingReader<R> {
     pub fn new(inner: R) -> Self {
-        HashingReader { inner, hasher: Hasher::new(), count: 0 }
+        HashingReader {
+            inner,
+            hasher: Hasher::new(),
+            count: 0,
+        }
     }
     /// Bytes read so far.
     pub fn count(&self) -> u64 {
@@ -169,7 +174,11 @@ pub struct HashingWriter<W> {
 
 impl<W: Write> HashingWriter<W> {
     pub fn new(inner: W) -> Self {
-        HashingWriter { inner, hasher: Hasher::new(), count: 0 }
+        HashingWriter {
+            inner,
+            hasher: Hasher::new(),
+            count: 0,
+        }
     }
     pub fn finish(self) -> (Digest, u64, W) {
         (self.hasher.finish(), self.count, self.inner)

@@ -62,7 +62,8 @@ impl DirOpen for std::fs::OpenOptions {
 /// Creates a directory (mode 0700 until its real metadata is applied after its children).
 pub fn mkdir_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
     let name = cstr(name)?;
-    nix::sys::stat::mkdirat(dir, name.as_c_str(), Mode::from_bits_truncate(0o700)).map_err(errno_to_io)
+    nix::sys::stat::mkdirat(dir, name.as_c_str(), Mode::from_bits_truncate(0o700))
+        .map_err(errno_to_io)
 }
 
 /// Creates a new regular file for writing; fails if anything exists under that name.
@@ -100,8 +101,14 @@ pub fn link_at(
 ) -> io::Result<()> {
     let old = cstr(old_name)?;
     let new = cstr(new_name)?;
-    nix::unistd::linkat(old_dir, old.as_c_str(), new_dir, new.as_c_str(), AtFlags::empty())
-        .map_err(errno_to_io)
+    nix::unistd::linkat(
+        old_dir,
+        old.as_c_str(),
+        new_dir,
+        new.as_c_str(),
+        AtFlags::empty(),
+    )
+    .map_err(errno_to_io)
 }
 
 /// `symlinkat(2)`.
@@ -120,7 +127,13 @@ pub enum NodeKind {
 }
 
 /// `mknodat(2)` for device nodes and FIFOs.
-pub fn mknod_at(dir: BorrowedFd<'_>, name: &[u8], kind: NodeKind, major: u32, minor: u32) -> io::Result<()> {
+pub fn mknod_at(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    kind: NodeKind,
+    major: u32,
+    minor: u32,
+) -> io::Result<()> {
     let name = cstr(name)?;
     let flag = match kind {
         NodeKind::Char => SFlag::S_IFCHR,
@@ -128,19 +141,34 @@ pub fn mknod_at(dir: BorrowedFd<'_>, name: &[u8], kind: NodeKind, major: u32, mi
         NodeKind::Fifo => SFlag::S_IFIFO,
     };
     let dev = libc::makedev(major, minor);
-    nix::sys::stat::mknodat(dir, name.as_c_str(), flag, Mode::from_bits_truncate(0o600), dev)
-        .map_err(errno_to_io)
+    nix::sys::stat::mknodat(
+        dir,
+        name.as_c_str(),
+        flag,
+        Mode::from_bits_truncate(0o600),
+        dev,
+    )
+    .map_err(errno_to_io)
 }
 
 /// `unlinkat(2)` of a file (not a directory).
 pub fn unlink_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
     let name = cstr(name)?;
-    nix::unistd::unlinkat(dir, name.as_c_str(), nix::unistd::UnlinkatFlags::NoRemoveDir)
-        .map_err(errno_to_io)
+    nix::unistd::unlinkat(
+        dir,
+        name.as_c_str(),
+        nix::unistd::UnlinkatFlags::NoRemoveDir,
+    )
+    .map_err(errno_to_io)
 }
 
 /// `renameat(2)`.
-pub fn rename_at(old_dir: BorrowedFd<'_>, old: &[u8], new_dir: BorrowedFd<'_>, new: &[u8]) -> io::Result<()> {
+pub fn rename_at(
+    old_dir: BorrowedFd<'_>,
+    old: &[u8],
+    new_dir: BorrowedFd<'_>,
+    new: &[u8],
+) -> io::Result<()> {
     let old = cstr(old)?;
     let new = cstr(new)?;
     nix::fcntl::renameat(old_dir, old.as_c_str(), new_dir, new.as_c_str()).map_err(errno_to_io)
@@ -199,9 +227,19 @@ pub fn fsetxattr(fd: BorrowedFd<'_>, key: &[u8], value: &[u8]) -> io::Result<()>
     let key = cstr(key)?;
     // SAFETY: key is NUL-terminated, value points at value.len() readable bytes.
     let r = unsafe {
-        libc::fsetxattr(fd.as_raw_fd(), key.as_ptr(), value.as_ptr().cast(), value.len(), 0)
+        libc::fsetxattr(
+            fd.as_raw_fd(),
+            key.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
     };
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// Sets an extended attribute on a symlink itself, through `/proc/self/fd` so that the path is
@@ -232,14 +270,21 @@ pub fn ficlone(dest: &File, src: &File) -> io::Result<()> {
     const FICLONE: libc::c_ulong = 0x4004_9409;
     // SAFETY: both descriptors are open for the duration of the call; FICLONE takes an fd.
     let r = unsafe { libc::ioctl(dest.as_raw_fd(), FICLONE as _, src.as_raw_fd()) };
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// True for the errors by which FICLONE says "this filesystem (or pair of files) cannot reflink".
 pub fn is_reflink_unsupported(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
-        Some(libc::EOPNOTSUPP) | Some(libc::EXDEV) | Some(libc::EINVAL) | Some(libc::ENOTTY)
+        Some(libc::EOPNOTSUPP)
+            | Some(libc::EXDEV)
+            | Some(libc::EINVAL)
+            | Some(libc::ENOTTY)
             | Some(libc::ENOSYS)
     )
 }
@@ -295,7 +340,13 @@ pub fn fiemap_usage(file: &File) -> io::Result<ExtentUsage> {
             extents: [Extent::default(); BATCH],
         };
         // SAFETY: req is a properly laid out fiemap request with room for BATCH extents.
-        let r = unsafe { libc::ioctl(file.as_raw_fd(), FS_IOC_FIEMAP as _, &mut req as *mut Request) };
+        let r = unsafe {
+            libc::ioctl(
+                file.as_raw_fd(),
+                FS_IOC_FIEMAP as _,
+                &mut req as *mut Request,
+            )
+        };
         if r < 0 {
             return Err(io::Error::last_os_error());
         }

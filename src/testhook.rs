@@ -12,8 +12,13 @@ const MAX_WAIT: Duration = Duration::from_secs(120);
 
 /// Marks `point` as reached and waits for the test to release it.
 pub fn pause(point: &str) {
-    let Some(dir) = std::env::var_os("ZSTORE_TEST_HOOK_DIR").map(PathBuf::from) else { return };
-    let _ = std::fs::write(dir.join(format!("{point}.reached")), std::process::id().to_string());
+    let Some(dir) = std::env::var_os("ZSTORE_TEST_HOOK_DIR").map(PathBuf::from) else {
+        return;
+    };
+    let _ = std::fs::write(
+        dir.join(format!("{point}.reached")),
+        std::process::id().to_string(),
+    );
     let start = Instant::now();
     while start.elapsed() < MAX_WAIT {
         if dir.join(format!("{point}.continue")).exists() {

@@ -21,7 +21,10 @@ fn ten_near_identical_images_store_about_one() {
             assert_eq!(r["layers"][0]["files"], files as u64 + 1, "c{i}: {r}");
         }
     }
-    assert!(fetched_total > 9 * (files * size) as u64, "gzip images are downloaded whole");
+    assert!(
+        fetched_total > 9 * (files * size) as u64,
+        "gzip images are downloaded whole"
+    );
     let df = zs.json(&["df"]);
     let one_image = (files * size) as u64;
     let logical = df["logical_bytes"].as_u64().unwrap();
@@ -30,8 +33,14 @@ fn ten_near_identical_images_store_about_one() {
     assert_eq!(df["layers"], 10, "{df}");
     assert_eq!(df["objects"], files as u64 + 10, "{df}");
     assert!(logical >= 10 * one_image, "{df}");
-    assert!(stored >= one_image, "stored bytes cannot be below the data itself: {df}");
-    assert!(stored < one_image * 12 / 10, "about one image's worth, not ten: {df}");
+    assert!(
+        stored >= one_image,
+        "stored bytes cannot be below the data itself: {df}"
+    );
+    assert!(
+        stored < one_image * 12 / 10,
+        "about one image's worth, not ten: {df}"
+    );
 
     // The figure is true: it matches what the objects directory really allocates.
     let du = std::process::Command::new("du")
@@ -39,7 +48,15 @@ fn ten_near_identical_images_store_about_one() {
         .arg(zs.root.join("objects"))
         .output()
         .unwrap();
-    let du: u64 = String::from_utf8_lossy(&du.stdout).split_whitespace().next().unwrap().parse().unwrap();
+    let du: u64 = String::from_utf8_lossy(&du.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     // du also counts the 256 fan-out directories.
-    assert!(du >= stored && du - stored <= 256 * 4096 + 64 * 1024, "du {du} vs df {stored}");
+    assert!(
+        du >= stored && du - stored <= 256 * 4096 + 64 * 1024,
+        "du {du} vs df {stored}"
+    );
 }

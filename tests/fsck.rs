@@ -21,7 +21,11 @@ fn fixture() -> Fixture {
     let zs = Zs::new(&tmp.path().join("store"));
     zs.ok(&["pull", &layout.source("c0")]);
     zs.ok(&["pull", &layout.source("c1")]);
-    Fixture { _tmp: tmp, zs, layout }
+    Fixture {
+        _tmp: tmp,
+        zs,
+        layout,
+    }
 }
 
 /// Every object variant file of the store.
@@ -45,7 +49,11 @@ fn corrupt_object(f: &Fixture) {
     // Flip one byte in place (same inode), as bit rot or a write through a hardlinked checkout
     // would, and put the mtime back so that only the content is wrong.
     let mtime = std::fs::metadata(v).unwrap().modified().unwrap();
-    let mut file = std::fs::OpenOptions::new().read(true).write(true).open(v).unwrap();
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(v)
+        .unwrap();
     let mut first = [0u8; 1];
     file.read_exact(&mut first).unwrap();
     file.seek(std::io::SeekFrom::Start(0)).unwrap();
@@ -72,39 +80,78 @@ fn dangling_reference(f: &Fixture) {
 
 fn metadata_changed_through_checkout(f: &Fixture) {
     let dest = f._tmp.path().join("co");
-    f.zs.ok(&["checkout", &f.layout.source("c0"), dest.to_str().unwrap(), "--mode", "hardlink"]);
-    std::fs::set_permissions(dest.join("usr/lib/file000.bin"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    f.zs.ok(&[
+        "checkout",
+        &f.layout.source("c0"),
+        dest.to_str().unwrap(),
+        "--mode",
+        "hardlink",
+    ]);
+    std::fs::set_permissions(
+        dest.join("usr/lib/file000.bin"),
+        std::fs::Permissions::from_mode(0o777),
+    )
+    .unwrap();
 }
 
 fn stray_file(f: &Fixture) {
     std::fs::write(f.zs.root.join("objects/00/not-an-object"), b"?").unwrap();
 }
 
+/// (what, how to damage the store, the problem kind fsck must report)
+type Case = (&'static str, fn(&Fixture), &'static str);
+
 #[test]
 fn fsck_finds_each_kind_of_damage() {
-    let cases: [(&str, fn(&Fixture), &str); 5] = [
+    let cases: [Case; 5] = [
         ("corrupted object", corrupt_object, "corrupt_object"),
         ("missing object", missing_object, "missing_object"),
-        ("dangling reference", dangling_reference, "dangling_reference"),
-        ("metadata changed through a hardlinked checkout", metadata_changed_through_checkout, "metadata_mismatch"),
+        (
+            "dangling reference",
+            dangling_reference,
+            "dangling_reference",
+        ),
+        (
+            "metadata changed through a hardlinked checkout",
+            metadata_changed_through_checkout,
+            "metadata_mismatch",
+        ),
         ("stray file", stray_file, "stray_file"),
     ];
     for (what, damage, kind) in cases {
         let f = fixture();
         let clean = f.zs.json(&["fsck"]);
-        assert_eq!(clean["errors"], serde_json::json!([]), "{what}: clean before: {clean}");
+        assert_eq!(
+            clean["errors"],
+            serde_json::json!([]),
+            "{what}: clean before: {clean}"
+        );
         assert!(clean["objects_checked"].as_u64().unwrap() > 0);
         damage(&f);
         let out = f.zs.run(&["fsck", "--json"]);
         assert_eq!(out.status.code(), Some(1), "{what}: fsck exits 1");
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let kinds: Vec<&str> = report["errors"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
-        assert!(kinds.contains(&kind), "{what}: expected {kind}, got {report}");
-        assert!(kinds.iter().all(|k| *k == kind), "{what}: only {kind} expected, got {report}");
+        let kinds: Vec<&str> = report["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap())
+            .collect();
+        assert!(
+            kinds.contains(&kind),
+            "{what}: expected {kind}, got {report}"
+        );
+        assert!(
+            kinds.iter().all(|k| *k == kind),
+            "{what}: only {kind} expected, got {report}"
+        );
         // Human output names the problem too.
         let human = f.zs.run(&["fsck"]);
         assert_eq!(human.status.code(), Some(1));
-        assert!(String::from_utf8_lossy(&human.stdout).contains(kind), "{what}");
+        assert!(
+            String::from_utf8_lossy(&human.stdout).contains(kind),
+            "{what}"
+        );
     }
 }
 

@@ -15,8 +15,17 @@ fn image(layout_dir: &Path) -> (Layout, String) {
     t.dir("data", &meta);
     for i in 0..8u8 {
         // 256 KiB files: whole extents, so sharing is visible in FIEMAP.
-        let content: Vec<u8> = (0..256 * 1024u32).map(|j| (j as u8).wrapping_mul(i + 3) ^ i).collect();
-        t.file(&format!("data/f{i}"), &content, &Meta { mode: 0o644, ..Meta::default() });
+        let content: Vec<u8> = (0..256 * 1024u32)
+            .map(|j| (j as u8).wrapping_mul(i + 3) ^ i)
+            .collect();
+        t.file(
+            &format!("data/f{i}"),
+            &content,
+            &Meta {
+                mode: 0o644,
+                ..Meta::default()
+            },
+        );
     }
     t.file("data/empty", b"", &meta);
     let mut layout = Layout::new(layout_dir);
@@ -35,18 +44,30 @@ fn data_files(dest: &Path) -> Vec<std::path::PathBuf> {
 
 fn check_reflink_fs(kind: &str) {
     let base = tempfile::tempdir().unwrap();
-    let Some(fs) = LoopFs::new(kind, 512, base.path()) else { return };
+    let Some(fs) = LoopFs::new(kind, 512, base.path()) else {
+        return;
+    };
     let (_layout, src) = image(&base.path().join("layout"));
     let zs = Zs::new(&fs.mount.join("store"));
     zs.ok(&["pull", &src]);
 
     // reflink: every file shares all its extents, and is its own inode.
     let dest = fs.mount.join("co-reflink");
-    let r = zs.json(&["checkout", &src, dest.to_str().unwrap(), "--mode", "reflink"]);
+    let r = zs.json(&[
+        "checkout",
+        &src,
+        dest.to_str().unwrap(),
+        "--mode",
+        "reflink",
+    ]);
     assert_eq!(r["reflinked"], 8, "{kind}: {r}");
     for f in data_files(&dest) {
         let u = usage(&f);
-        assert!(u.total > 0 && u.shared == u.total, "{kind}: {} not fully shared: {u:?}", f.display());
+        assert!(
+            u.total > 0 && u.shared == u.total,
+            "{kind}: {} not fully shared: {u:?}",
+            f.display()
+        );
         assert_eq!(std::fs::metadata(&f).unwrap().nlink(), 1);
     }
     // auto picks reflink here.
@@ -56,15 +77,30 @@ fn check_reflink_fs(kind: &str) {
 
     // hardlink: same inode as the store's variant.
     let hard = fs.mount.join("co-hard");
-    let r = zs.json(&["checkout", &src, hard.to_str().unwrap(), "--mode", "hardlink"]);
+    let r = zs.json(&[
+        "checkout",
+        &src,
+        hard.to_str().unwrap(),
+        "--mode",
+        "hardlink",
+    ]);
     assert_eq!(r["hardlinked"], 8, "{kind}: {r}");
     let reflinked_ino = std::fs::metadata(dest.join("data/f0")).unwrap().ino();
     for f in data_files(&hard) {
         let md = std::fs::metadata(&f).unwrap();
-        assert!(md.nlink() >= 3, "{kind}: {} has {} links (store variant, canonical, checkout)", f.display(), md.nlink());
+        assert!(
+            md.nlink() >= 3,
+            "{kind}: {} has {} links (store variant, canonical, checkout)",
+            f.display(),
+            md.nlink()
+        );
         assert_ne!(md.ino(), reflinked_ino);
     }
-    assert_eq!(std::fs::metadata(hard.join("data/empty")).unwrap().nlink(), 1, "empty files are never linked");
+    assert_eq!(
+        std::fs::metadata(hard.join("data/empty")).unwrap().nlink(),
+        1,
+        "empty files are never linked"
+    );
 
     // copy: nothing shared. Sync first so delayed allocation does not hide extents.
     let copy = fs.mount.join("co-copy");
@@ -73,7 +109,11 @@ fn check_reflink_fs(kind: &str) {
     zstore::sys::syncfs(std::fs::File::open(&fs.mount).unwrap()).unwrap();
     for f in data_files(&copy) {
         let u = usage(&f);
-        assert!(u.total > 0 && u.shared == 0, "{kind}: copy {} shares extents: {u:?}", f.display());
+        assert!(
+            u.total > 0 && u.shared == 0,
+            "{kind}: copy {} shares extents: {u:?}",
+            f.display()
+        );
         assert_eq!(std::fs::metadata(&f).unwrap().nlink(), 1);
     }
     let fsck = zs.json(&["fsck"]);
@@ -93,14 +133,25 @@ fn btrfs_reflink_hardlink_copy() {
 #[test]
 fn ext4_reflink_fails_clearly_and_auto_falls_back() {
     let base = tempfile::tempdir().unwrap();
-    let Some(fs) = LoopFs::new("ext4", 128, base.path()) else { return };
+    let Some(fs) = LoopFs::new("ext4", 128, base.path()) else {
+        return;
+    };
     let (_layout, src) = image(&base.path().join("layout"));
     let zs = Zs::new(&fs.mount.join("store"));
     zs.ok(&["pull", &src]);
     let dest = fs.mount.join("co-reflink");
-    let err = zs.fails(&["checkout", &src, dest.to_str().unwrap(), "--mode", "reflink"]);
+    let err = zs.fails(&[
+        "checkout",
+        &src,
+        dest.to_str().unwrap(),
+        "--mode",
+        "reflink",
+    ]);
     assert!(err.contains("reflink checkout impossible"), "{err}");
-    assert!(err.contains("--mode hardlink"), "the error suggests what to do: {err}");
+    assert!(
+        err.contains("--mode hardlink"),
+        "the error suggests what to do: {err}"
+    );
     assert!(!dest.exists(), "a failed checkout leaves nothing");
     let auto = fs.mount.join("co-auto");
     let r = zs.json(&["checkout", &src, auto.to_str().unwrap(), "--mode", "auto"]);
@@ -111,13 +162,21 @@ fn ext4_reflink_fails_clearly_and_auto_falls_back() {
 #[test]
 fn hardlink_across_filesystems_fails_clearly_and_auto_copies() {
     let base = tempfile::tempdir().unwrap();
-    let Some(fs) = LoopFs::new("ext4", 64, base.path()) else { return };
+    let Some(fs) = LoopFs::new("ext4", 64, base.path()) else {
+        return;
+    };
     let (_layout, src) = image(&base.path().join("layout"));
     // Store on the loop filesystem, checkouts on the temp directory's filesystem.
     let zs = Zs::new(&fs.mount.join("store"));
     zs.ok(&["pull", &src]);
     let dest = base.path().join("co-hard");
-    let err = zs.fails(&["checkout", &src, dest.to_str().unwrap(), "--mode", "hardlink"]);
+    let err = zs.fails(&[
+        "checkout",
+        &src,
+        dest.to_str().unwrap(),
+        "--mode",
+        "hardlink",
+    ]);
     assert!(err.contains("different filesystems"), "{err}");
     assert!(!dest.exists());
     let auto = base.path().join("co-auto");

@@ -21,10 +21,19 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     println!("images:    {}", r.images);
     println!("layers:    {}", r.layers);
     println!("objects:   {} ({} variants)", r.objects, r.variants);
-    println!("logical:   {} (file content over all layers)", output::bytes(r.logical_bytes));
-    println!("stored:    {} (disk used by objects)", output::bytes(r.stored_bytes));
+    println!(
+        "logical:   {} (file content over all layers)",
+        output::bytes(r.logical_bytes)
+    );
+    println!(
+        "stored:    {} (disk used by objects)",
+        output::bytes(r.stored_bytes)
+    );
     if r.stored_bytes > 0 {
-        println!("ratio:     {:.2}x", r.logical_bytes as f64 / r.stored_bytes as f64);
+        println!(
+            "ratio:     {:.2}x",
+            r.logical_bytes as f64 / r.stored_bytes as f64
+        );
     }
     println!("metadata:  {}", output::bytes(r.metadata_bytes));
     println!("checkouts: {}", r.checkouts);

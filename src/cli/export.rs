@@ -32,17 +32,23 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
             lock.flush()?;
         }
         Some(path) => {
-            let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+            let dir = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
             let mut tmp = tempfile_in(dir)?;
-            let res = zstore::ops::export::export_layer(&store, &a.image, a.layer, &mut tmp.1, &progress);
+            let res =
+                zstore::ops::export::export_layer(&store, &a.image, a.layer, &mut tmp.1, &progress);
             match res {
                 Ok(_) => {
                     tmp.1.sync_all()?;
-                    std::fs::rename(&tmp.0, path).with_context(|| format!("writing {}", path.display()))?;
+                    std::fs::rename(&tmp.0, path)
+                        .with_context(|| format!("writing {}", path.display()))?;
                 }
                 Err(e) => {
                     let _ = std::fs::remove_file(&tmp.0);
-                    return Err(e).with_context(|| format!("exporting layer {} of {}", a.layer, a.image));
+                    return Err(e)
+                        .with_context(|| format!("exporting layer {} of {}", a.layer, a.image));
                 }
             }
         }
@@ -56,7 +62,10 @@ fn tempfile_in(dir: &std::path::Path) -> anyhow::Result<(PathBuf, std::fs::File)
         match std::fs::File::create_new(&p) {
             Ok(f) => return Ok((p, f)),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e).with_context(|| format!("creating a temp file in {}", dir.display())),
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("creating a temp file in {}", dir.display()));
+            }
         }
     }
     anyhow::bail!("could not create a temp file in {}", dir.display())

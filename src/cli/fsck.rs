@@ -22,7 +22,12 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         output::json(&r)?;
     } else {
         for p in &r.errors {
-            println!("{}: {}: {}", serde_json::to_value(p.kind)?.as_str().unwrap_or("problem"), p.object, p.detail);
+            println!(
+                "{}: {}: {}",
+                serde_json::to_value(p.kind)?.as_str().unwrap_or("problem"),
+                p.object,
+                p.detail
+            );
         }
         if !ctx.quiet {
             println!(

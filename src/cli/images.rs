@@ -17,12 +17,25 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         output::json(&images)?;
         return Ok(0);
     }
-    println!("{:<60} {:<19} {:>6} {:>10}", "NAME", "DIGEST", "LAYERS", "SIZE");
+    println!(
+        "{:<60} {:<19} {:>6} {:>10}",
+        "NAME", "DIGEST", "LAYERS", "SIZE"
+    );
     for i in images {
         let digest = &i.manifest_digest.hex()[..12];
-        let names = if i.names.is_empty() { vec!["<none>".to_string()] } else { i.names };
+        let names = if i.names.is_empty() {
+            vec!["<none>".to_string()]
+        } else {
+            i.names
+        };
         for n in names {
-            println!("{:<60} sha256:{:<12} {:>6} {:>10}", n, digest, i.layers, output::bytes(i.size));
+            println!(
+                "{:<60} sha256:{:<12} {:>6} {:>10}",
+                n,
+                digest,
+                i.layers,
+                output::bytes(i.size)
+            );
         }
     }
     Ok(0)

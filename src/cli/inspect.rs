@@ -20,7 +20,10 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         return Ok(0);
     }
     println!("names:    {}", d.names.join(", "));
-    println!("manifest: {} ({})", d.manifest_digest, d.manifest_media_type);
+    println!(
+        "manifest: {} ({})",
+        d.manifest_digest, d.manifest_media_type
+    );
     println!("config:   {}", d.config_digest);
     println!("source:   {}", d.source);
     println!("layers:");

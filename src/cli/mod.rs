@@ -24,7 +24,12 @@ use zstore::store::Store;
 /// directories (registries: not yet), checked out as trees by hardlink, reflink or copy, and
 /// verified end to end.
 #[derive(Parser, Debug)]
-#[command(name = "zstore", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "zstore",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 pub struct Cli {
     /// Store location [default: /var/lib/zstore for root, else $XDG_DATA_HOME/zstore]
     #[arg(long, global = true, env = "ZSTORE_ROOT", value_name = "DIR")]
@@ -62,7 +67,8 @@ pub struct Ctx {
 impl Ctx {
     /// Opens (or creates) the store.
     pub fn store(&self) -> anyhow::Result<Store> {
-        Store::open(&self.root).with_context(|| format!("opening the store at {}", self.root.display()))
+        Store::open(&self.root)
+            .with_context(|| format!("opening the store at {}", self.root.display()))
     }
 
     /// The progress renderer for this invocation.
@@ -78,13 +84,19 @@ fn default_root() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
         return PathBuf::from(x).join("zstore");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".local/share/zstore")
 }
 
 /// Runs a parsed command line; returns the exit status.
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
-    let ctx = Ctx { root: cli.root.unwrap_or_else(default_root), quiet: cli.quiet, verbose: cli.verbose };
+    let ctx = Ctx {
+        root: cli.root.unwrap_or_else(default_root),
+        quiet: cli.quiet,
+        verbose: cli.verbose,
+    };
     match cli.command {
         Command::Pull(a) => pull::run(&ctx, a),
         Command::Images(a) => images::run(&ctx, a),

@@ -17,8 +17,14 @@ pub struct CliProgress {
 impl CliProgress {
     pub fn new(quiet: bool, _json: bool) -> CliProgress {
         let tty = std::io::stderr().is_terminal();
-        let bars = (!quiet && tty).then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
-        CliProgress { quiet, bars, layers: Mutex::new(Vec::new()), phase: Mutex::new(None) }
+        let bars =
+            (!quiet && tty).then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
+        CliProgress {
+            quiet,
+            bars,
+            layers: Mutex::new(Vec::new()),
+            phase: Mutex::new(None),
+        }
     }
 
     /// Prints a line without breaking the bars.
@@ -53,9 +59,11 @@ impl Progress for CliProgress {
         let Some(m) = &self.bars else { return };
         let bar = m.add(ProgressBar::new(size));
         bar.set_style(
-            ProgressStyle::with_template("{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
         );
         bar.set_prefix(format!("layer {}", short(digest)));
         let mut layers = self.layers.lock().unwrap_or_else(|e| e.into_inner());
@@ -65,16 +73,29 @@ impl Progress for CliProgress {
         layers[index] = Some(bar);
     }
     fn layer_advanced(&self, index: usize, bytes: u64) {
-        if let Some(Some(bar)) = self.layers.lock().unwrap_or_else(|e| e.into_inner()).get(index) {
+        if let Some(Some(bar)) = self
+            .layers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(index)
+        {
             bar.inc(bytes);
         }
     }
     fn layer_finished(&self, index: usize, fetched: u64, reused: bool) {
-        if let Some(Some(bar)) = self.layers.lock().unwrap_or_else(|e| e.into_inner()).get(index) {
+        if let Some(Some(bar)) = self
+            .layers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(index)
+        {
             if reused {
                 bar.finish_with_message("already stored");
             } else {
-                bar.finish_with_message(format!("done ({} read)", crate::cli::output::bytes(fetched)));
+                bar.finish_with_message(format!(
+                    "done ({} read)",
+                    crate::cli::output::bytes(fetched)
+                ));
             }
         }
     }

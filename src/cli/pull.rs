@@ -26,8 +26,11 @@ pub struct Args {
 pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     let store = ctx.store()?;
     let progress = ctx.progress(a.json);
-    let opts = PullOptions { platform: a.platform };
-    let report = pull(&store, &a.source, &opts, &progress).with_context(|| format!("pulling {}", a.source))?;
+    let opts = PullOptions {
+        platform: a.platform,
+    };
+    let report = pull(&store, &a.source, &opts, &progress)
+        .with_context(|| format!("pulling {}", a.source))?;
     if a.json {
         output::json(&report)?;
     } else if !ctx.quiet {
@@ -51,7 +54,11 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
                     l.files,
                     l.reused_files,
                     output::bytes(l.fetched_bytes),
-                    if l.diff_id_verified { "verified" } else { "not verifiable" }
+                    if l.diff_id_verified {
+                        "verified"
+                    } else {
+                        "not verifiable"
+                    }
                 );
             }
         }

@@ -19,8 +19,10 @@ pub const MAX_MANIFEST_SIZE: u64 = 4 << 20;
 pub const MAX_CONFIG_SIZE: u64 = 64 << 20;
 
 /// Annotation keys of zstd:chunked layers (current and legacy generation).
-pub const ZSTD_CHUNKED_CHECKSUM_KEYS: [&str; 2] =
-    ["io.github.containers.zstd-chunked.manifest-checksum", "io.containers.zstd-chunked.manifest-checksum"];
+pub const ZSTD_CHUNKED_CHECKSUM_KEYS: [&str; 2] = [
+    "io.github.containers.zstd-chunked.manifest-checksum",
+    "io.containers.zstd-chunked.manifest-checksum",
+];
 /// Annotation key of eStargz layers.
 pub const ESTARGZ_TOC_KEY: &str = "containerd.io/snapshot/stargz/toc.digest";
 
@@ -28,7 +30,10 @@ pub const ESTARGZ_TOC_KEY: &str = "containerd.io/snapshot/stargz/toc.digest";
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("{what} is not valid JSON of the expected shape: {source}")]
-    Json { what: &'static str, source: serde_json::Error },
+    Json {
+        what: &'static str,
+        source: serde_json::Error,
+    },
     #[error("unsupported manifest media type {0:?}")]
     MediaType(String),
     #[error("unsupported schemaVersion {0} (only 2 is supported)")]
@@ -117,7 +122,10 @@ struct Probe {
 /// Parses a manifest or index. `hint` is the media type the transport reported (the
 /// Content-Type header or the referring descriptor), which wins over the document's own field.
 pub fn parse(bytes: &[u8], hint: Option<&str>) -> Result<Parsed, ManifestError> {
-    let probe: Probe = serde_json::from_slice(bytes).map_err(|source| ManifestError::Json { what: "manifest", source })?;
+    let probe: Probe = serde_json::from_slice(bytes).map_err(|source| ManifestError::Json {
+        what: "manifest",
+        source,
+    })?;
     let media_type = hint
         .filter(|h| !h.is_empty() && *h != "application/json" && *h != "text/plain")
         .map(str::to_string)
@@ -130,14 +138,19 @@ pub fn parse(bytes: &[u8], hint: Option<&str>) -> Result<Parsed, ManifestError> 
         None => probe.manifests.is_some() && probe.config.is_none(),
     };
     if is_index {
-        let idx: Index = serde_json::from_slice(bytes).map_err(|source| ManifestError::Json { what: "index", source })?;
+        let idx: Index = serde_json::from_slice(bytes).map_err(|source| ManifestError::Json {
+            what: "index",
+            source,
+        })?;
         if idx.schema_version != 2 {
             return Err(ManifestError::SchemaVersion(idx.schema_version));
         }
         Ok(Parsed::Index(idx))
     } else {
-        let m: Manifest =
-            serde_json::from_slice(bytes).map_err(|source| ManifestError::Json { what: "manifest", source })?;
+        let m: Manifest = serde_json::from_slice(bytes).map_err(|source| ManifestError::Json {
+            what: "manifest",
+            source,
+        })?;
         if m.schema_version != 2 {
             return Err(ManifestError::SchemaVersion(m.schema_version));
         }
@@ -147,15 +160,24 @@ pub fn parse(bytes: &[u8], hint: Option<&str>) -> Result<Parsed, ManifestError> 
 
 /// Parses an image config and checks it has one DiffID per manifest layer.
 pub fn parse_config(bytes: &[u8], layers: usize) -> Result<ImageConfig, ManifestError> {
-    let c: ImageConfig = serde_json::from_slice(bytes).map_err(|source| ManifestError::Json { what: "image config", source })?;
+    let c: ImageConfig = serde_json::from_slice(bytes).map_err(|source| ManifestError::Json {
+        what: "image config",
+        source,
+    })?;
     if c.rootfs.diff_ids.len() != layers {
-        return Err(ManifestError::LayerCount { layers, diff_ids: c.rootfs.diff_ids.len() });
+        return Err(ManifestError::LayerCount {
+            layers,
+            diff_ids: c.rootfs.diff_ids.len(),
+        });
     }
     Ok(c)
 }
 
 /// Picks the manifest for `wanted` from an index.
-pub fn select_platform<'a>(index: &'a Index, wanted: &Platform) -> Result<&'a Descriptor, ManifestError> {
+pub fn select_platform<'a>(
+    index: &'a Index,
+    wanted: &Platform,
+) -> Result<&'a Descriptor, ManifestError> {
     index
         .manifests
         .iter()
@@ -197,7 +219,8 @@ impl LayerFormat {
     /// The format a layer descriptor declares.
     pub fn of(desc: &Descriptor) -> Result<LayerFormat, ManifestError> {
         let mt = desc.media_type.as_str();
-        let base = if mt.ends_with("+gzip") || mt.ends_with(".tar.gzip") || mt.ends_with(".tar.gz") {
+        let base = if mt.ends_with("+gzip") || mt.ends_with(".tar.gzip") || mt.ends_with(".tar.gz")
+        {
             LayerFormat::Gzip
         } else if mt.ends_with("+zstd") || mt.ends_with(".tar.zstd") {
             LayerFormat::Zstd
@@ -207,10 +230,16 @@ impl LayerFormat {
             return Err(ManifestError::LayerMediaType(mt.to_string()));
         };
         Ok(match base {
-            LayerFormat::Zstd if ZSTD_CHUNKED_CHECKSUM_KEYS.iter().any(|k| desc.annotations.contains_key(*k)) => {
+            LayerFormat::Zstd
+                if ZSTD_CHUNKED_CHECKSUM_KEYS
+                    .iter()
+                    .any(|k| desc.annotations.contains_key(*k)) =>
+            {
                 LayerFormat::ZstdChunked
             }
-            LayerFormat::Gzip if desc.annotations.contains_key(ESTARGZ_TOC_KEY) => LayerFormat::Estargz,
+            LayerFormat::Gzip if desc.annotations.contains_key(ESTARGZ_TOC_KEY) => {
+                LayerFormat::Estargz
+            }
             other => other,
         })
     }
@@ -227,12 +256,19 @@ mod tests {
         let m = format!(
             r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"x","digest":"{D}","size":2}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+zstd","digest":"{D}","size":3,"annotations":{{"io.containers.zstd-chunked.manifest-checksum":"{D}"}}}}],"extra":1}}"#
         );
-        let Parsed::Manifest(m) = parse(m.as_bytes(), None).unwrap() else { panic!("not a manifest") };
-        assert_eq!(LayerFormat::of(&m.layers[0]).unwrap(), LayerFormat::ZstdChunked);
+        let Parsed::Manifest(m) = parse(m.as_bytes(), None).unwrap() else {
+            panic!("not a manifest")
+        };
+        assert_eq!(
+            LayerFormat::of(&m.layers[0]).unwrap(),
+            LayerFormat::ZstdChunked
+        );
         let i = format!(
             r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{D}","size":1,"platform":{{"os":"linux","architecture":"arm64","variant":"v8"}}}},{{"mediaType":"{OCI_MANIFEST}","digest":"{D}","size":2,"platform":{{"os":"linux","architecture":"amd64"}}}}]}}"#
         );
-        let Parsed::Index(i) = parse(i.as_bytes(), None).unwrap() else { panic!("not an index") };
+        let Parsed::Index(i) = parse(i.as_bytes(), None).unwrap() else {
+            panic!("not an index")
+        };
         let amd = select_platform(&i, &"linux/amd64".parse().unwrap()).unwrap();
         assert_eq!(amd.size, 2);
         assert!(select_platform(&i, &"linux/s390x".parse().unwrap()).is_err());

@@ -20,11 +20,22 @@ pub enum LayoutError {
     #[error("{0} is not an OCI image layout (no oci-layout file with imageLayoutVersion)")]
     NotALayout(PathBuf),
     #[error("{path}: {source}")]
-    Manifest { path: PathBuf, source: ManifestError },
+    Manifest {
+        path: PathBuf,
+        source: ManifestError,
+    },
     #[error("{dir} has no image tagged {tag:?} (tags: {available})")]
-    NoSuchTag { dir: PathBuf, tag: String, available: String },
+    NoSuchTag {
+        dir: PathBuf,
+        tag: String,
+        available: String,
+    },
     #[error("{dir} holds {count} images; name one with oci:DIR:TAG (tags: {available})")]
-    Ambiguous { dir: PathBuf, count: usize, available: String },
+    Ambiguous {
+        dir: PathBuf,
+        count: usize,
+        available: String,
+    },
     #[error("{dir} holds no image")]
     Empty { dir: PathBuf },
 }
@@ -46,26 +57,40 @@ impl OciLayout {
     pub fn open(dir: &Path) -> Result<OciLayout, LayoutError> {
         let io_err = |path: PathBuf| move |source| LayoutError::Io { path, source };
         let marker = dir.join("oci-layout");
-        let text = std::fs::read(&marker).map_err(|_| LayoutError::NotALayout(dir.to_path_buf()))?;
-        let lf: LayoutFile = serde_json::from_slice(&text).map_err(|_| LayoutError::NotALayout(dir.to_path_buf()))?;
+        let text =
+            std::fs::read(&marker).map_err(|_| LayoutError::NotALayout(dir.to_path_buf()))?;
+        let lf: LayoutFile = serde_json::from_slice(&text)
+            .map_err(|_| LayoutError::NotALayout(dir.to_path_buf()))?;
         if lf.image_layout_version.is_empty() {
             return Err(LayoutError::NotALayout(dir.to_path_buf()));
         }
         let index_path = dir.join("index.json");
-        let bytes = read_limited(&index_path, manifest::MAX_MANIFEST_SIZE).map_err(io_err(index_path.clone()))?;
-        let index = match manifest::parse(&bytes, Some(manifest::OCI_INDEX))
-            .map_err(|source| LayoutError::Manifest { path: index_path.clone(), source })?
-        {
+        let bytes = read_limited(&index_path, manifest::MAX_MANIFEST_SIZE)
+            .map_err(io_err(index_path.clone()))?;
+        let index = match manifest::parse(&bytes, Some(manifest::OCI_INDEX)).map_err(|source| {
+            LayoutError::Manifest {
+                path: index_path.clone(),
+                source,
+            }
+        })? {
             manifest::Parsed::Index(i) => i,
             manifest::Parsed::Manifest(_) => unreachable!("parsed with the index media type"),
         };
-        Ok(OciLayout { dir: dir.to_path_buf(), index })
+        Ok(OciLayout {
+            dir: dir.to_path_buf(),
+            index,
+        })
     }
 
     /// The descriptor named by `tag`, or the only one when no tag is given.
     pub fn select(&self, tag: Option<&str>) -> Result<&Descriptor, LayoutError> {
         let tags = || {
-            self.index.manifests.iter().filter_map(|d| d.annotations.get(REF_NAME).cloned()).collect::<Vec<_>>().join(", ")
+            self.index
+                .manifests
+                .iter()
+                .filter_map(|d| d.annotations.get(REF_NAME).cloned())
+                .collect::<Vec<_>>()
+                .join(", ")
         };
         match tag {
             Some(t) => self
@@ -73,11 +98,21 @@ impl OciLayout {
                 .manifests
                 .iter()
                 .find(|d| d.annotations.get(REF_NAME).map(String::as_str) == Some(t))
-                .ok_or_else(|| LayoutError::NoSuchTag { dir: self.dir.clone(), tag: t.to_string(), available: tags() }),
+                .ok_or_else(|| LayoutError::NoSuchTag {
+                    dir: self.dir.clone(),
+                    tag: t.to_string(),
+                    available: tags(),
+                }),
             None => match self.index.manifests.as_slice() {
                 [one] => Ok(one),
-                [] => Err(LayoutError::Empty { dir: self.dir.clone() }),
-                many => Err(LayoutError::Ambiguous { dir: self.dir.clone(), count: many.len(), available: tags() }),
+                [] => Err(LayoutError::Empty {
+                    dir: self.dir.clone(),
+                }),
+                many => Err(LayoutError::Ambiguous {
+                    dir: self.dir.clone(),
+                    count: many.len(),
+                    available: tags(),
+                }),
             },
         }
     }
@@ -106,7 +141,10 @@ fn read_limited(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
     let mut buf = Vec::new();
     f.take(limit + 1).read_to_end(&mut buf)?;
     if buf.len() as u64 > limit {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("larger than the {limit}-byte limit")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("larger than the {limit}-byte limit"),
+        ));
     }
     Ok(buf)
 }

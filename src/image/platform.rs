@@ -25,7 +25,11 @@ impl Platform {
             "loongarch64" => "loong64",
             other => other,
         };
-        Platform { os: "linux".into(), architecture: architecture.into(), variant: None }
+        Platform {
+            os: "linux".into(),
+            architecture: architecture.into(),
+            variant: None,
+        }
     }
 
     /// Whether an index entry's platform satisfies this wanted one (a wanted platform without a
@@ -51,15 +55,25 @@ impl FromStr for Platform {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let parts: Vec<&str> = s.split('/').collect();
-        let ok = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        let ok = |p: &str| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        };
         match parts.as_slice() {
-            [os, arch] if ok(os) && ok(arch) => {
-                Ok(Platform { os: (*os).into(), architecture: (*arch).into(), variant: None })
-            }
-            [os, arch, v] if ok(os) && ok(arch) && ok(v) => {
-                Ok(Platform { os: (*os).into(), architecture: (*arch).into(), variant: Some((*v).into()) })
-            }
-            _ => Err(format!("invalid platform {s:?}: expected OS/ARCH or OS/ARCH/VARIANT, e.g. linux/amd64")),
+            [os, arch] if ok(os) && ok(arch) => Ok(Platform {
+                os: (*os).into(),
+                architecture: (*arch).into(),
+                variant: None,
+            }),
+            [os, arch, v] if ok(os) && ok(arch) && ok(v) => Ok(Platform {
+                os: (*os).into(),
+                architecture: (*arch).into(),
+                variant: Some((*v).into()),
+            }),
+            _ => Err(format!(
+                "invalid platform {s:?}: expected OS/ARCH or OS/ARCH/VARIANT, e.g. linux/amd64"
+            )),
         }
     }
 }

@@ -123,7 +123,10 @@ pub fn split_parent(path: &[u8]) -> (&[u8], &[u8]) {
 
 /// Every proper ancestor of a normalised path, nearest last (`a/b/c` gives `a`, `a/b`).
 pub fn ancestors(path: &[u8]) -> impl Iterator<Item = &[u8]> {
-    path.iter().enumerate().filter(|(_, b)| **b == b'/').map(move |(i, _)| &path[..i])
+    path.iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'/')
+        .map(move |(i, _)| &path[..i])
 }
 
 #[cfg(test)]
@@ -135,15 +138,24 @@ mod tests {
         assert_eq!(normalize_path(b"./a/b/").unwrap(), b"a/b");
         assert_eq!(normalize_path(b"a//./b").unwrap(), b"a/b");
         assert_eq!(normalize_path(b"./").unwrap(), b"");
-        assert_eq!(normalize_path(b"a/.wh..wh..opq").unwrap(), b"a/.wh..wh..opq");
+        assert_eq!(
+            normalize_path(b"a/.wh..wh..opq").unwrap(),
+            b"a/.wh..wh..opq"
+        );
         assert_eq!(normalize_path(b"a/..b").unwrap(), b"a/..b");
     }
 
     #[test]
     fn refuses_escapes() {
-        assert!(matches!(normalize_path(b"/etc/passwd"), Err(PathError::Absolute(_))));
+        assert!(matches!(
+            normalize_path(b"/etc/passwd"),
+            Err(PathError::Absolute(_))
+        ));
         assert!(matches!(normalize_path(b"../x"), Err(PathError::DotDot(_))));
-        assert!(matches!(normalize_path(b"a/../../x"), Err(PathError::DotDot(_))));
+        assert!(matches!(
+            normalize_path(b"a/../../x"),
+            Err(PathError::DotDot(_))
+        ));
         assert!(matches!(normalize_path(b"a/.."), Err(PathError::DotDot(_))));
         assert!(matches!(normalize_path(b"a\0b"), Err(PathError::Nul(_))));
     }

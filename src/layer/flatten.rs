@@ -15,9 +15,17 @@ const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FlattenError {
     #[error("layer {layer}: hardlink {path} points at {target}, which does not exist")]
-    MissingLinkTarget { layer: usize, path: String, target: String },
+    MissingLinkTarget {
+        layer: usize,
+        path: String,
+        target: String,
+    },
     #[error("layer {layer}: hardlink {path} points at directory {target}")]
-    LinkToDirectory { layer: usize, path: String, target: String },
+    LinkToDirectory {
+        layer: usize,
+        path: String,
+        target: String,
+    },
     #[error("layer {layer}: the root directory cannot be a {kind}")]
     RootNotDirectory { layer: usize, kind: &'static str },
 }
@@ -70,7 +78,10 @@ fn implicit_dir(path: Vec<u8>, layer: usize) -> Node {
 
 impl Tree {
     fn new() -> Tree {
-        Tree { root: implicit_dir(Vec::new(), 0), link_groups: 0 }
+        Tree {
+            root: implicit_dir(Vec::new(), 0),
+            link_groups: 0,
+        }
     }
 
     /// Walks to the node at `path` if it exists.
@@ -109,7 +120,10 @@ impl Tree {
                 so_far.push(b'/');
             }
             so_far.extend_from_slice(comp);
-            let child = node.children.entry(comp.to_vec()).or_insert_with(|| implicit_dir(so_far.clone(), layer));
+            let child = node
+                .children
+                .entry(comp.to_vec())
+                .or_insert_with(|| implicit_dir(so_far.clone(), layer));
             if child.entry.kind != EntryKind::Directory {
                 *child = implicit_dir(so_far.clone(), layer);
             }
@@ -161,23 +175,38 @@ pub fn flatten<'a>(layers: impl IntoIterator<Item = &'a [Entry]>) -> Result<Tree
             }
             if e.path.is_empty() {
                 if e.kind != EntryKind::Directory {
-                    return Err(FlattenError::RootNotDirectory { layer, kind: e.kind.name() });
+                    return Err(FlattenError::RootNotDirectory {
+                        layer,
+                        kind: e.kind.name(),
+                    });
                 }
                 tree.root.entry = e.clone();
                 tree.root.implicit = false;
                 continue;
             }
-            let mut node = Node { entry: e.clone(), layer, link_group: None, children: BTreeMap::new(), implicit: false };
+            let mut node = Node {
+                entry: e.clone(),
+                layer,
+                link_group: None,
+                children: BTreeMap::new(),
+                implicit: false,
+            };
             if e.kind == EntryKind::Hardlink {
                 let shown = || String::from_utf8_lossy(&e.link_target).into_owned();
                 let groups = tree.link_groups;
-                let target = tree.get_mut(&e.link_target).ok_or_else(|| FlattenError::MissingLinkTarget {
-                    layer,
-                    path: e.display_path(),
-                    target: shown(),
+                let target = tree.get_mut(&e.link_target).ok_or_else(|| {
+                    FlattenError::MissingLinkTarget {
+                        layer,
+                        path: e.display_path(),
+                        target: shown(),
+                    }
                 })?;
                 if target.entry.kind == EntryKind::Directory {
-                    return Err(FlattenError::LinkToDirectory { layer, path: e.display_path(), target: shown() });
+                    return Err(FlattenError::LinkToDirectory {
+                        layer,
+                        path: e.display_path(),
+                        target: shown(),
+                    });
                 }
                 let group = *target.link_group.get_or_insert(groups);
                 let mut linked = target.entry.clone();
@@ -193,7 +222,8 @@ pub fn flatten<'a>(layers: impl IntoIterator<Item = &'a [Entry]>) -> Result<Tree
                 // A directory entry over an existing directory updates its metadata and keeps
                 // its content (tar semantics).
                 Some(existing)
-                    if existing.entry.kind == EntryKind::Directory && node.entry.kind == EntryKind::Directory =>
+                    if existing.entry.kind == EntryKind::Directory
+                        && node.entry.kind == EntryKind::Directory =>
                 {
                     existing.entry = node.entry;
                     existing.layer = layer;
@@ -236,7 +266,7 @@ mod tests {
 
     #[test]
     fn whiteouts_and_opaque_dirs() {
-        let l0 = vec![
+        let l0 = [
             entry("a", EntryKind::Directory),
             entry("a/x", EntryKind::Regular),
             entry("a/y", EntryKind::Regular),
@@ -244,7 +274,7 @@ mod tests {
             entry("b/old", EntryKind::Regular),
             entry("c", EntryKind::Regular),
         ];
-        let l1 = vec![
+        let l1 = [
             entry("a/.wh.x", EntryKind::Regular),
             entry("b", EntryKind::Directory),
             entry("b/new", EntryKind::Regular),
@@ -257,8 +287,15 @@ mod tests {
 
     #[test]
     fn replacing_and_implicit_parents() {
-        let l0 = vec![entry("d", EntryKind::Symlink), entry("f", EntryKind::Directory), entry("f/in", EntryKind::Regular)];
-        let l1 = vec![entry("d/deep/file", EntryKind::Regular), entry("f", EntryKind::Regular)];
+        let l0 = [
+            entry("d", EntryKind::Symlink),
+            entry("f", EntryKind::Directory),
+            entry("f/in", EntryKind::Regular),
+        ];
+        let l1 = [
+            entry("d/deep/file", EntryKind::Regular),
+            entry("f", EntryKind::Regular),
+        ];
         let t = flatten([&l0[..], &l1[..]]).unwrap();
         assert_eq!(paths(&t), vec!["d", "d/deep", "d/deep/file", "f"]);
         assert!(t.get(b"d").unwrap().implicit);
@@ -267,9 +304,16 @@ mod tests {
 
     #[test]
     fn hardlinks_form_groups() {
-        let l0 = vec![entry("a", EntryKind::Regular), link("b", "a"), link("c", "a")];
+        let l0 = [
+            entry("a", EntryKind::Regular),
+            link("b", "a"),
+            link("c", "a"),
+        ];
         let t = flatten([&l0[..]]).unwrap();
-        let groups: Vec<_> = ["a", "b", "c"].iter().map(|p| t.get(p.as_bytes()).unwrap().link_group).collect();
+        let groups: Vec<_> = ["a", "b", "c"]
+            .iter()
+            .map(|p| t.get(p.as_bytes()).unwrap().link_group)
+            .collect();
         assert_eq!(groups, vec![Some(0), Some(0), Some(0)]);
         assert_eq!(t.get(b"b").unwrap().entry.kind, EntryKind::Regular);
         assert_eq!(t.link_groups, 1);
@@ -277,9 +321,15 @@ mod tests {
 
     #[test]
     fn bad_hardlinks() {
-        let l0 = vec![link("b", "missing")];
-        assert!(matches!(flatten([&l0[..]]), Err(FlattenError::MissingLinkTarget { .. })));
-        let l1 = vec![entry("d", EntryKind::Directory), link("b", "d")];
-        assert!(matches!(flatten([&l1[..]]), Err(FlattenError::LinkToDirectory { .. })));
+        let l0 = [link("b", "missing")];
+        assert!(matches!(
+            flatten([&l0[..]]),
+            Err(FlattenError::MissingLinkTarget { .. })
+        ));
+        let l1 = [entry("d", EntryKind::Directory), link("b", "d")];
+        assert!(matches!(
+            flatten([&l1[..]]),
+            Err(FlattenError::LinkToDirectory { .. })
+        ));
     }
 }

@@ -14,7 +14,7 @@ use crate::layer::tar::{TarError, TarHeader, TarReader};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StoredFile {
     pub digest: Digest,
-    /// The content was already in the store before this import.
+    /// The content was already stored (before this pull, or earlier in it): not written again.
     pub reused: bool,
 }
 
@@ -32,10 +32,16 @@ pub enum ImportError {
     Tar(#[from] TarError),
     #[error("layer entry at tar offset {offset}: {source}")]
     Path { offset: u64, source: PathError },
-    #[error("layer entry {path:?} goes through symlink {symlink:?} of the same layer; refusing to write through a symlink")]
+    #[error(
+        "layer entry {path:?} goes through symlink {symlink:?} of the same layer; refusing to write through a symlink"
+    )]
     ThroughSymlink { path: String, symlink: String },
     #[error("layer entry {path:?}: {what} {value} does not fit in 32 bits")]
-    IdTooLarge { path: String, what: &'static str, value: u64 },
+    IdTooLarge {
+        path: String,
+        what: &'static str,
+        value: u64,
+    },
     #[error("storing {path:?}: {source}")]
     Store { path: String, source: io::Error },
 }
@@ -74,12 +80,16 @@ impl<R: Read> Read for Payload<'_, R> {
 }
 
 /// Imports a layer from its uncompressed tar stream.
-pub fn import_tar(reader: impl Read, sink: &mut dyn ObjectSink) -> Result<ImportedLayer, ImportError> {
+pub fn import_tar(
+    reader: impl Read,
+    sink: &mut dyn ObjectSink,
+) -> Result<ImportedLayer, ImportError> {
     let mut tar = TarReader::new(HashingReader::new(reader));
     let mut entries: Vec<Entry> = Vec::new();
     let mut skeleton = Skeleton::default();
     let mut symlinks: HashSet<Vec<u8>> = HashSet::new();
-    let (mut files, mut reused_files, mut logical_bytes, mut reused_bytes) = (0u64, 0u64, 0u64, 0u64);
+    let (mut files, mut reused_files, mut logical_bytes, mut reused_bytes) =
+        (0u64, 0u64, 0u64, 0u64);
 
     while let Some(header) = tar.next_header()? {
         skeleton.push_raw(tar.take_raw());
@@ -106,12 +116,19 @@ pub fn import_tar(reader: impl Read, sink: &mut dyn ObjectSink) -> Result<Import
         if entry.kind == EntryKind::Regular && entry.size > 0 {
             let stored = {
                 let mut payload = Payload { tar: &mut tar };
-                let stored = sink
-                    .store_file(&entry, &mut payload)
-                    .map_err(|source| ImportError::Store { path: entry.display_path(), source })?;
+                let stored =
+                    sink.store_file(&entry, &mut payload)
+                        .map_err(|source| ImportError::Store {
+                            path: entry.display_path(),
+                            source,
+                        })?;
                 // A sink that stopped early must not desynchronise the tar stream.
-                let rest = io::copy(&mut payload, &mut io::sink())
-                    .map_err(|source| ImportError::Store { path: entry.display_path(), source })?;
+                let rest = io::copy(&mut payload, &mut io::sink()).map_err(|source| {
+                    ImportError::Store {
+                        path: entry.display_path(),
+                        source,
+                    }
+                })?;
                 if rest != 0 {
                     return Err(ImportError::Store {
                         path: entry.display_path(),
@@ -136,12 +153,24 @@ pub fn import_tar(reader: impl Read, sink: &mut dyn ObjectSink) -> Result<Import
     }
     skeleton.push_raw(tar.take_raw());
     let (diff_id, tar_size, _) = tar.into_inner().finish();
-    Ok(ImportedLayer { entries, skeleton, diff_id, tar_size, files, reused_files, logical_bytes, reused_bytes })
+    Ok(ImportedLayer {
+        entries,
+        skeleton,
+        diff_id,
+        tar_size,
+        files,
+        reused_files,
+        logical_bytes,
+        reused_bytes,
+    })
 }
 
 /// Builds a TOC entry from a parsed tar header, normalising and checking paths.
 pub fn entry_from_header(h: &TarHeader) -> Result<Entry, ImportError> {
-    let path = normalize_path(&h.name).map_err(|source| ImportError::Path { offset: h.offset, source })?;
+    let path = normalize_path(&h.name).map_err(|source| ImportError::Path {
+        offset: h.offset,
+        source,
+    })?;
     let kind = match h.typeflag {
         b'0' => EntryKind::Regular,
         b'1' => EntryKind::Hardlink,
@@ -153,11 +182,18 @@ pub fn entry_from_header(h: &TarHeader) -> Result<Entry, ImportError> {
     };
     let shown = || String::from_utf8_lossy(&path).into_owned();
     let id = |what: &'static str, value: u64| {
-        u32::try_from(value).map_err(|_| ImportError::IdTooLarge { path: shown(), what, value })
+        u32::try_from(value).map_err(|_| ImportError::IdTooLarge {
+            path: shown(),
+            what,
+            value,
+        })
     };
     let link_target = match kind {
         EntryKind::Hardlink => {
-            normalize_path(&h.link_name).map_err(|source| ImportError::Path { offset: h.offset, source })?
+            normalize_path(&h.link_name).map_err(|source| ImportError::Path {
+                offset: h.offset,
+                source,
+            })?
         }
         EntryKind::Symlink => h.link_name.clone(),
         _ => Vec::new(),
@@ -168,7 +204,11 @@ pub fn entry_from_header(h: &TarHeader) -> Result<Entry, ImportError> {
         uid: id("uid", h.uid)?,
         gid: id("gid", h.gid)?,
         mtime: h.mtime,
-        size: if kind == EntryKind::Regular { h.size } else { 0 },
+        size: if kind == EntryKind::Regular {
+            h.size
+        } else {
+            0
+        },
         link_target,
         dev_major: h.dev_major,
         dev_minor: h.dev_minor,

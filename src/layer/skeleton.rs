@@ -31,7 +31,11 @@ pub enum SkeletonError {
     #[error("tar rebuild refers to entry {0}, which the layer does not have")]
     BadEntry(u32),
     #[error("object for {path} holds {actual} bytes where the layer says {expected}")]
-    SizeMismatch { path: String, expected: u64, actual: u64 },
+    SizeMismatch {
+        path: String,
+        expected: u64,
+        actual: u64,
+    },
     #[error("rebuilding the tar: {0}")]
     Io(#[from] io::Error),
 }
@@ -60,7 +64,12 @@ impl Skeleton {
         for seg in &self.segments {
             total += match seg {
                 Segment::Raw(b) => b.len() as u64,
-                Segment::Payload(i) => entries.get(*i as usize).ok_or(SkeletonError::BadEntry(*i))?.size,
+                Segment::Payload(i) => {
+                    entries
+                        .get(*i as usize)
+                        .ok_or(SkeletonError::BadEntry(*i))?
+                        .size
+                }
             };
         }
         Ok(total)
@@ -70,7 +79,9 @@ impl Skeleton {
     pub fn validate(&self, entries: &[Entry]) -> Result<(), SkeletonError> {
         for seg in &self.segments {
             if let Segment::Payload(i) = seg {
-                let e = entries.get(*i as usize).ok_or(SkeletonError::BadEntry(*i))?;
+                let e = entries
+                    .get(*i as usize)
+                    .ok_or(SkeletonError::BadEntry(*i))?;
                 if !e.has_object() {
                     return Err(SkeletonError::BadEntry(*i));
                 }
@@ -95,11 +106,17 @@ impl Skeleton {
                     written += b.len() as u64;
                 }
                 Segment::Payload(i) => {
-                    let e = entries.get(*i as usize).ok_or(SkeletonError::BadEntry(*i))?;
+                    let e = entries
+                        .get(*i as usize)
+                        .ok_or(SkeletonError::BadEntry(*i))?;
                     let r = open(e)?;
                     let n = io::copy(&mut r.take(e.size + 1), out)?;
                     if n != e.size {
-                        return Err(SkeletonError::SizeMismatch { path: e.display_path(), expected: e.size, actual: n });
+                        return Err(SkeletonError::SizeMismatch {
+                            path: e.display_path(),
+                            expected: e.size,
+                            actual: n,
+                        });
                     }
                     written += n;
                 }
@@ -121,7 +138,14 @@ mod tests {
         s.push_raw(vec![2]);
         s.push_payload(0);
         s.push_raw(vec![3]);
-        assert_eq!(s.segments, vec![Segment::Raw(vec![1, 2]), Segment::Payload(0), Segment::Raw(vec![3])]);
+        assert_eq!(
+            s.segments,
+            vec![
+                Segment::Raw(vec![1, 2]),
+                Segment::Payload(0),
+                Segment::Raw(vec![3])
+            ]
+        );
     }
 
     #[test]

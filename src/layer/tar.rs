@@ -34,14 +34,28 @@ pub enum TarError {
     Pax(u64),
     #[error("tar extension header at offset {offset} is {size} bytes, over the {max}-byte limit")]
     ExtensionTooLarge { offset: u64, size: u64, max: u64 },
-    #[error("unsupported tar entry type {typeflag:?} for {name:?} (sparse and multi-volume entries cannot be stored)")]
+    #[error(
+        "unsupported tar entry type {typeflag:?} for {name:?} (sparse and multi-volume entries cannot be stored)"
+    )]
     UnsupportedType { typeflag: char, name: String },
     #[error("more than {0} bytes follow the end-of-archive marker")]
     TrailerTooLarge(u64),
 }
 
 /// A modification time with nanoseconds.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct Timestamp {
     pub secs: i64,
     pub nanos: u32,
@@ -106,7 +120,14 @@ pub struct TarReader<R> {
 
 impl<R: Read> TarReader<R> {
     pub fn new(inner: R) -> Self {
-        TarReader { inner, pos: 0, raw: Vec::new(), payload_left: 0, pad_after_payload: 0, finished: false }
+        TarReader {
+            inner,
+            pos: 0,
+            raw: Vec::new(),
+            payload_left: 0,
+            pad_after_payload: 0,
+            finished: false,
+        }
     }
 
     /// Bytes of the tar stream consumed so far.
@@ -165,7 +186,9 @@ impl<R: Read> TarReader<R> {
         if self.payload_left == 0 || buf.is_empty() {
             return Ok(0);
         }
-        let want = buf.len().min(usize::try_from(self.payload_left).unwrap_or(usize::MAX));
+        let want = buf
+            .len()
+            .min(usize::try_from(self.payload_left).unwrap_or(usize::MAX));
         let n = loop {
             match self.inner.read(&mut buf[..want]) {
                 Ok(n) => break n,
@@ -174,7 +197,10 @@ impl<R: Read> TarReader<R> {
             }
         };
         if n == 0 {
-            return Err(TarError::TruncatedPayload { name: String::new(), offset: self.pos });
+            return Err(TarError::TruncatedPayload {
+                name: String::new(),
+                offset: self.pos,
+            });
         }
         self.pos += n as u64;
         self.payload_left -= n as u64;
@@ -187,7 +213,10 @@ impl<R: Read> TarReader<R> {
         let left = self.payload_left;
         self.payload_left = 0;
         let pos = self.pos;
-        self.read_raw(left, |_| TarError::TruncatedPayload { name: String::new(), offset: pos })
+        self.read_raw(left, |_| TarError::TruncatedPayload {
+            name: String::new(),
+            offset: pos,
+        })
     }
 
     /// Advances to the next entry. Returns `None` at the end of the archive, after which the raw
@@ -225,11 +254,18 @@ impl<R: Read> TarReader<R> {
             }
             verify_checksum(&block, offset)?;
             let typeflag = block[156];
-            let size = parse_number(&block[124..136]).ok_or(TarError::Number { field: "size", offset })?;
+            let size = parse_number(&block[124..136]).ok_or(TarError::Number {
+                field: "size",
+                offset,
+            })?;
             match typeflag {
                 b'x' | b'g' | b'L' | b'K' => {
                     if size > MAX_EXTENSION_SIZE {
-                        return Err(TarError::ExtensionTooLarge { offset, size, max: MAX_EXTENSION_SIZE });
+                        return Err(TarError::ExtensionTooLarge {
+                            offset,
+                            size,
+                            max: MAX_EXTENSION_SIZE,
+                        });
                     }
                     let start = self.raw.len();
                     let padded = round_up(size);
@@ -253,7 +289,12 @@ impl<R: Read> TarReader<R> {
         }
     }
 
-    fn finish_header(&mut self, block: &[u8; BLOCK], offset: u64, ext: Extensions) -> Result<TarHeader, TarError> {
+    fn finish_header(
+        &mut self,
+        block: &[u8; BLOCK],
+        offset: u64,
+        ext: Extensions,
+    ) -> Result<TarHeader, TarError> {
         let num = |range: std::ops::Range<usize>, field: &'static str| {
             parse_number(&block[range]).ok_or(TarError::Number { field, offset })
         };
@@ -271,7 +312,9 @@ impl<R: Read> TarReader<R> {
         if let Some(p) = ext.path {
             name = p;
         }
-        let link_name = ext.link_path.unwrap_or_else(|| trim_nul(&block[157..257]).to_vec());
+        let link_name = ext
+            .link_path
+            .unwrap_or_else(|| trim_nul(&block[157..257]).to_vec());
         let mut typeflag = block[156];
         if typeflag == 0 || typeflag == b'7' {
             typeflag = b'0';
@@ -281,7 +324,10 @@ impl<R: Read> TarReader<R> {
         }
         let display = String::from_utf8_lossy(&name).into_owned();
         if ext.sparse || !matches!(typeflag, b'0' | b'1' | b'2' | b'3' | b'4' | b'5' | b'6') {
-            return Err(TarError::UnsupportedType { typeflag: typeflag as char, name: display });
+            return Err(TarError::UnsupportedType {
+                typeflag: typeflag as char,
+                name: display,
+            });
         }
         let mode = num(100..108, "mode")?;
         let dev = |range, field| -> Result<u32, TarError> {
@@ -298,12 +344,27 @@ impl<R: Read> TarReader<R> {
             link_name,
             typeflag,
             mode: (mode & 0o7777) as u32,
-            uid: match ext.uid { Some(v) => v, None => num(108..116, "uid")? },
-            gid: match ext.gid { Some(v) => v, None => num(116..124, "gid")? },
-            size: match ext.size { Some(v) => v, None => num(124..136, "size")? },
+            uid: match ext.uid {
+                Some(v) => v,
+                None => num(108..116, "uid")?,
+            },
+            gid: match ext.gid {
+                Some(v) => v,
+                None => num(116..124, "gid")?,
+            },
+            size: match ext.size {
+                Some(v) => v,
+                None => num(124..136, "size")?,
+            },
             mtime: match ext.mtime {
                 Some(t) => t,
-                None => Timestamp { secs: parse_signed(&block[136..148]).ok_or(TarError::Number { field: "mtime", offset })?, nanos: 0 },
+                None => Timestamp {
+                    secs: parse_signed(&block[136..148]).ok_or(TarError::Number {
+                        field: "mtime",
+                        offset,
+                    })?,
+                    nanos: 0,
+                },
             },
             dev_major: dev(329..337, "devmajor")?,
             dev_minor: dev(337..345, "devminor")?,
@@ -371,7 +432,12 @@ pub fn parse_number(field: &[u8]) -> Option<u64> {
         return Some(v);
     }
     let s = trim_nul(field);
-    let s: Vec<u8> = s.iter().copied().skip_while(|&b| b == b' ').take_while(|&b| b != b' ').collect();
+    let s: Vec<u8> = s
+        .iter()
+        .copied()
+        .skip_while(|&b| b == b' ')
+        .take_while(|&b| b != b' ')
+        .collect();
     if s.is_empty() {
         return Some(0);
     }
@@ -409,7 +475,10 @@ pub fn parse_pax_time(s: &[u8]) -> Option<Timestamp> {
         Some((w, f)) => (w, f),
         None => (s, ""),
     };
-    if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
+    if whole.is_empty()
+        || !whole.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
         return None;
     }
     let secs: i64 = whole.parse().ok()?;
@@ -419,9 +488,15 @@ pub fn parse_pax_time(s: &[u8]) -> Option<Timestamp> {
     }
     if neg {
         if nanos == 0 {
-            Some(Timestamp { secs: -secs, nanos: 0 })
+            Some(Timestamp {
+                secs: -secs,
+                nanos: 0,
+            })
         } else {
-            Some(Timestamp { secs: -secs - 1, nanos: 1_000_000_000 - nanos })
+            Some(Timestamp {
+                secs: -secs - 1,
+                nanos: 1_000_000_000 - nanos,
+            })
         }
     } else {
         Some(Timestamp { secs, nanos })
@@ -434,7 +509,10 @@ fn parse_pax(data: &[u8], ext: &mut Extensions, offset: u64) -> Result<(), TarEr
         if rest.iter().all(|&b| b == 0) {
             break;
         }
-        let space = rest.iter().position(|&b| b == b' ').ok_or(TarError::Pax(offset))?;
+        let space = rest
+            .iter()
+            .position(|&b| b == b' ')
+            .ok_or(TarError::Pax(offset))?;
         let len: usize = std::str::from_utf8(&rest[..space])
             .ok()
             .and_then(|s| s.parse().ok())
@@ -443,10 +521,16 @@ fn parse_pax(data: &[u8], ext: &mut Extensions, offset: u64) -> Result<(), TarEr
             return Err(TarError::Pax(offset));
         }
         let record = &rest[space + 1..len - 1];
-        let eq = record.iter().position(|&b| b == b'=').ok_or(TarError::Pax(offset))?;
+        let eq = record
+            .iter()
+            .position(|&b| b == b'=')
+            .ok_or(TarError::Pax(offset))?;
         let (key, value) = (&record[..eq], &record[eq + 1..]);
         let number = |v: &[u8]| -> Result<u64, TarError> {
-            std::str::from_utf8(v).ok().and_then(|s| s.parse().ok()).ok_or(TarError::Pax(offset))
+            std::str::from_utf8(v)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or(TarError::Pax(offset))
         };
         match key {
             b"path" => ext.path = Some(value.to_vec()),
@@ -477,20 +561,49 @@ mod tests {
         assert_eq!(parse_number(b"0000644\0"), Some(0o644));
         assert_eq!(parse_number(b"  644 \0"), Some(0o644));
         assert_eq!(parse_number(b"\0\0\0\0"), Some(0));
-        assert_eq!(parse_number(&[0x80, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0]), Some(65536));
+        assert_eq!(
+            parse_number(&[0x80, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0]),
+            Some(65536)
+        );
         assert_eq!(parse_number(b"0009"), None);
         assert_eq!(parse_number(&[0xff; 12]), None);
         assert_eq!(parse_signed(&[0xff; 12]), Some(-1));
         // overflow is refused, not wrapped
-        assert_eq!(parse_number(&[0x80, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]), None);
+        assert_eq!(
+            parse_number(&[
+                0x80, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff
+            ]),
+            None
+        );
     }
 
     #[test]
     fn pax_times() {
-        assert_eq!(parse_pax_time(b"1700000000.5"), Some(Timestamp { secs: 1700000000, nanos: 500_000_000 }));
-        assert_eq!(parse_pax_time(b"12"), Some(Timestamp { secs: 12, nanos: 0 }));
-        assert_eq!(parse_pax_time(b"-1.25"), Some(Timestamp { secs: -2, nanos: 750_000_000 }));
-        assert_eq!(parse_pax_time(b"1.1234567891"), Some(Timestamp { secs: 1, nanos: 123_456_789 }));
+        assert_eq!(
+            parse_pax_time(b"1700000000.5"),
+            Some(Timestamp {
+                secs: 1700000000,
+                nanos: 500_000_000
+            })
+        );
+        assert_eq!(
+            parse_pax_time(b"12"),
+            Some(Timestamp { secs: 12, nanos: 0 })
+        );
+        assert_eq!(
+            parse_pax_time(b"-1.25"),
+            Some(Timestamp {
+                secs: -2,
+                nanos: 750_000_000
+            })
+        );
+        assert_eq!(
+            parse_pax_time(b"1.1234567891"),
+            Some(Timestamp {
+                secs: 1,
+                nanos: 123_456_789
+            })
+        );
         assert_eq!(parse_pax_time(b"x"), None);
         assert_eq!(parse_pax_time(b".5"), None);
         assert_eq!(parse_pax_time(b"1e9"), None);
@@ -502,8 +615,18 @@ mod tests {
         parse_pax(b"16 path=a/b/c/d\n25 SCHILY.xattr.user.k=v\n", &mut ext, 0).unwrap();
         assert_eq!(ext.path.as_deref(), Some(&b"a/b/c/d"[..]));
         assert_eq!(ext.xattrs, vec![(b"user.k".to_vec(), b"v".to_vec())]);
-        for bad in [&b"99 path=x\n"[..], b"5 path=x\n", b"x path=x\n", b"11 pathx=y\0", b"9 noeq\n"] {
-            assert!(parse_pax(bad, &mut Extensions::default(), 0).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        for bad in [
+            &b"99 path=x\n"[..],
+            b"5 path=x\n",
+            b"x path=x\n",
+            b"11 pathx=y\0",
+            b"9 noeq\n",
+        ] {
+            assert!(
+                parse_pax(bad, &mut Extensions::default(), 0).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 }

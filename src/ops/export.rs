@@ -40,13 +40,20 @@ pub fn export_layer(
         let db = store.db()?;
         let r = db.read().map_err(StoreError::from)?;
         let image = store.find_image(&r, query)?;
-        let layer = image
-            .layers
-            .get(index)
-            .ok_or(ExportError::NoSuchLayer { index, layers: image.layers.len() })?;
-        let missing = |what: &str| StoreError::Inconsistent(format!("layer {} has no {what}", layer.diff_id));
-        let toc = r.toc(&layer.diff_id).map_err(StoreError::from)?.ok_or_else(|| missing("table of contents"))?;
-        let skeleton = r.skeleton(&layer.diff_id).map_err(StoreError::from)?.ok_or_else(|| missing("tar skeleton"))?;
+        let layer = image.layers.get(index).ok_or(ExportError::NoSuchLayer {
+            index,
+            layers: image.layers.len(),
+        })?;
+        let missing =
+            |what: &str| StoreError::Inconsistent(format!("layer {} has no {what}", layer.diff_id));
+        let toc = r
+            .toc(&layer.diff_id)
+            .map_err(StoreError::from)?
+            .ok_or_else(|| missing("table of contents"))?;
+        let skeleton = r
+            .skeleton(&layer.diff_id)
+            .map_err(StoreError::from)?
+            .ok_or_else(|| missing("tar skeleton"))?;
         (layer.diff_id, toc, skeleton)
     };
     let mut hashing = HashingWriter::new(out);
@@ -54,8 +61,12 @@ pub fn export_layer(
         .write_tar(
             &toc,
             |e| {
-                let d = e.digest.ok_or_else(|| std::io::Error::other("entry without digest"))?;
-                store.open_object(&d).map_err(|err| std::io::Error::new(err.kind(), format!("object {d}: {err}")))
+                let d = e
+                    .digest
+                    .ok_or_else(|| std::io::Error::other("entry without digest"))?;
+                store
+                    .open_object(&d)
+                    .map_err(|err| std::io::Error::new(err.kind(), format!("object {d}: {err}")))
             },
             &mut hashing,
         )

@@ -42,7 +42,12 @@ pub fn list(store: &Store) -> Result<Vec<ImageSummary>, StoreError> {
             size,
         });
     }
-    out.sort_by(|a, b| a.names.first().cmp(&b.names.first()).then(a.manifest_digest.cmp(&b.manifest_digest)));
+    out.sort_by(|a, b| {
+        a.names
+            .first()
+            .cmp(&b.names.first())
+            .then(a.manifest_digest.cmp(&b.manifest_digest))
+    });
     Ok(out)
 }
 
@@ -79,7 +84,12 @@ pub fn inspect(store: &Store, query: &str) -> Result<ImageDetail, StoreError> {
     let db = store.db()?;
     let r = db.read()?;
     let image = store.find_image(&r, query)?;
-    let names = r.names()?.into_iter().filter(|(_, d)| *d == image.manifest_digest).map(|(n, _)| n).collect();
+    let names = r
+        .names()?
+        .into_iter()
+        .filter(|(_, d)| *d == image.manifest_digest)
+        .map(|(n, _)| n)
+        .collect();
     let mut layers = Vec::new();
     for l in &image.layers {
         let rec = r.layer(&l.diff_id)?;
@@ -94,7 +104,9 @@ pub fn inspect(store: &Store, query: &str) -> Result<ImageDetail, StoreError> {
             digest: l.digest,
             diff_id: l.diff_id,
             media_type: l.media_type.clone(),
-            format: LayerFormat::of(&desc).map(|f| f.name().to_string()).unwrap_or_else(|_| "unknown".into()),
+            format: LayerFormat::of(&desc)
+                .map(|f| f.name().to_string())
+                .unwrap_or_else(|_| "unknown".into()),
             size: l.size,
             tar_size: rec.as_ref().map_or(0, |r| r.tar_size),
             entries: rec.as_ref().map_or(0, |r| r.entries),
@@ -125,16 +137,26 @@ pub struct RmReport {
 
 /// Removes names, and images left without names. A digest removes the image and all its
 /// names. Data is freed by the next `gc`.
-pub fn rm(store: &Store, queries: &[String], progress: &dyn Progress) -> Result<RmReport, StoreError> {
+pub fn rm(
+    store: &Store,
+    queries: &[String],
+    progress: &dyn Progress,
+) -> Result<RmReport, StoreError> {
     let _lock = store.lock(LockMode::Shared, progress)?;
     let db = store.db()?;
     let w = db.write()?;
     let mut report = RmReport::default();
     for q in queries {
         let image: ImageRecord = store.find_image(&w, q)?;
-        let names: Vec<String> =
-            w.names()?.into_iter().filter(|(_, d)| *d == image.manifest_digest).map(|(n, _)| n).collect();
-        let by_name = names.iter().find(|n| *n == q || crate::image::reference::local_name_candidates(q).contains(n));
+        let names: Vec<String> = w
+            .names()?
+            .into_iter()
+            .filter(|(_, d)| *d == image.manifest_digest)
+            .map(|(n, _)| n)
+            .collect();
+        let by_name = names
+            .iter()
+            .find(|n| *n == q || crate::image::reference::local_name_candidates(q).contains(n));
         let remove: Vec<String> = match by_name {
             Some(n) => vec![n.clone()],
             None => names.clone(),

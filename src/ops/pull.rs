@@ -40,16 +40,44 @@ pub enum PullError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Db(#[from] crate::db::DbError),
-    #[error("{what} {digest}: expected {expected_size} bytes with that digest, got {actual_size} bytes hashing to {actual}")]
-    Digest { what: &'static str, digest: Digest, expected_size: u64, actual: Digest, actual_size: u64 },
-    #[error("layer {index} ({digest}): uncompressed content hashes to {actual}, but the image config says {expected}")]
-    DiffId { index: usize, digest: Digest, expected: Digest, actual: Digest },
+    #[error(
+        "{what} {digest}: expected {expected_size} bytes with that digest, got {actual_size} bytes hashing to {actual}"
+    )]
+    Digest {
+        what: &'static str,
+        digest: Digest,
+        expected_size: u64,
+        actual: Digest,
+        actual_size: u64,
+    },
+    #[error(
+        "layer {index} ({digest}): uncompressed content hashes to {actual}, but the image config says {expected}"
+    )]
+    DiffId {
+        index: usize,
+        digest: Digest,
+        expected: Digest,
+        actual: Digest,
+    },
     #[error("layer {index} ({digest}) is declared {declared} but its data is {actual}")]
-    FormatMismatch { index: usize, digest: Digest, declared: &'static str, actual: &'static str },
+    FormatMismatch {
+        index: usize,
+        digest: Digest,
+        declared: &'static str,
+        actual: &'static str,
+    },
     #[error("layer {index} ({digest}): {source}")]
-    Import { index: usize, digest: Digest, source: ImportError },
+    Import {
+        index: usize,
+        digest: Digest,
+        source: ImportError,
+    },
     #[error("layer {index} ({digest}): reading or decompressing: {source}")]
-    Read { index: usize, digest: Digest, source: io::Error },
+    Read {
+        index: usize,
+        digest: Digest,
+        source: io::Error,
+    },
     #[error("{0}")]
     Unsupported(String),
 }
@@ -103,12 +131,29 @@ fn verify(what: &'static str, desc: &Descriptor, bytes: &[u8]) -> Result<(), Pul
 }
 
 /// Pulls `source` into the store.
-pub fn pull(store: &Store, source: &str, opts: &PullOptions, progress: &dyn Progress) -> Result<PullReport, PullError> {
+pub fn pull(
+    store: &Store,
+    source: &str,
+    opts: &PullOptions,
+    progress: &dyn Progress,
+) -> Result<PullReport, PullError> {
     match Location::parse(source)? {
         Location::OciLayout { dir, tag } => {
-            let name = Location::OciLayout { dir: dir.clone(), tag: tag.clone() }.local_name();
+            let name = Location::OciLayout {
+                dir: dir.clone(),
+                tag: tag.clone(),
+            }
+            .local_name();
             let layout = OciLayout::open(&dir)?;
-            pull_layout(store, &layout, tag.as_deref(), &name, source, opts, progress)
+            pull_layout(
+                store,
+                &layout,
+                tag.as_deref(),
+                &name,
+                source,
+                opts,
+                progress,
+            )
         }
         Location::Registry(r) => Err(PullError::Unsupported(format!(
             "cannot pull {r}: pulling from registries is not implemented yet; use oci:DIR[:TAG]"
@@ -141,12 +186,20 @@ fn pull_layout(
                     desc = manifest::select_platform(&i, &platform)?.clone();
                     depth += 1;
                 }
-                Parsed::Index(_) => return Err(PullError::Unsupported("nested image indexes are not supported".into())),
+                Parsed::Index(_) => {
+                    return Err(PullError::Unsupported(
+                        "nested image indexes are not supported".into(),
+                    ));
+                }
             }
         }
     };
     let manifest_media_type = manifest.media_type.clone().unwrap_or_else(|| {
-        if desc.media_type.is_empty() { manifest::OCI_MANIFEST.to_string() } else { desc.media_type.clone() }
+        if desc.media_type.is_empty() {
+            manifest::OCI_MANIFEST.to_string()
+        } else {
+            desc.media_type.clone()
+        }
     });
     let config_bytes = layout.read_blob(&manifest.config.digest, manifest::MAX_CONFIG_SIZE)?;
     fetched += config_bytes.len() as u64;
@@ -170,7 +223,12 @@ fn pull_layout(
     let mut imported: HashMap<Digest, ImportedLayer> = HashMap::new();
     let mut reports = Vec::with_capacity(manifest.layers.len());
     let total = manifest.layers.len();
-    for (index, (ldesc, diff_id)) in manifest.layers.iter().zip(&config.rootfs.diff_ids).enumerate() {
+    for (index, (ldesc, diff_id)) in manifest
+        .layers
+        .iter()
+        .zip(&config.rootfs.diff_ids)
+        .enumerate()
+    {
         let format = LayerFormat::of(ldesc)?;
         progress.layer_started(index, total, &ldesc.digest.to_string(), ldesc.size);
         let mut report = LayerReport {
@@ -197,7 +255,8 @@ fn pull_layout(
             report.reused_bytes = layer.logical_bytes;
         } else {
             let blob = layout.open_blob(&ldesc.digest)?;
-            let (layer, read) = import_blob(&mut staging, blob, index, ldesc, format, diff_id, progress)?;
+            let (layer, read) =
+                import_blob(&mut staging, blob, index, ldesc, format, diff_id, progress)?;
             report.fetched_bytes = read;
             fetched += read;
             report.files = layer.files;
@@ -227,7 +286,11 @@ fn pull_layout(
                 media_type: d.media_type.clone(),
                 size: d.size,
                 diff_id: *diff_id,
-                annotations: d.annotations.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                annotations: d
+                    .annotations
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
             })
             .collect(),
         source: source.to_string(),
@@ -304,8 +367,16 @@ pub fn import_blob(
     progress: &dyn Progress,
 ) -> Result<(ImportedLayer, u64), PullError> {
     let digest = desc.digest;
-    let read_err = |source| PullError::Read { index, digest, source };
-    let mut hashing = HashingReader::new(Counting { inner: blob, index, progress });
+    let read_err = |source| PullError::Read {
+        index,
+        digest,
+        source,
+    };
+    let mut hashing = HashingReader::new(Counting {
+        inner: blob,
+        index,
+        progress,
+    });
     let layer = {
         let mut head = BufReader::with_capacity(1 << 16, &mut hashing);
         let actual = sniff(head.fill_buf().map_err(read_err)?);
@@ -315,16 +386,28 @@ pub fn import_blob(
             LayerFormat::Zstd | LayerFormat::ZstdChunked => "zstd",
         };
         if actual != declared {
-            return Err(PullError::FormatMismatch { index, digest, declared: format.name(), actual });
+            return Err(PullError::FormatMismatch {
+                index,
+                digest,
+                declared: format.name(),
+                actual,
+            });
         }
         let result = match actual {
             "gzip" => import_tar(flate2::read::MultiGzDecoder::new(&mut head), staging),
-            "zstd" => import_tar(zstd::stream::read::Decoder::with_buffer(&mut head).map_err(read_err)?, staging),
+            "zstd" => import_tar(
+                zstd::stream::read::Decoder::with_buffer(&mut head).map_err(read_err)?,
+                staging,
+            ),
             _ => import_tar(&mut head, staging),
         };
         let layer = result.map_err(|source| match source {
             ImportError::Tar(crate::layer::tar::TarError::Io(e)) => read_err(e),
-            source => PullError::Import { index, digest, source },
+            source => PullError::Import {
+                index,
+                digest,
+                source,
+            },
         })?;
         // Whatever follows the compressed stream still counts for the blob digest.
         io::copy(&mut head, &mut io::sink()).map_err(read_err)?;
@@ -332,10 +415,21 @@ pub fn import_blob(
     };
     let (actual, size, _) = hashing.finish();
     if actual != digest || size != desc.size {
-        return Err(PullError::Digest { what: "layer", digest, expected_size: desc.size, actual, actual_size: size });
+        return Err(PullError::Digest {
+            what: "layer",
+            digest,
+            expected_size: desc.size,
+            actual,
+            actual_size: size,
+        });
     }
     if layer.diff_id != *expected_diff_id {
-        return Err(PullError::DiffId { index, digest, expected: *expected_diff_id, actual: layer.diff_id });
+        return Err(PullError::DiffId {
+            index,
+            digest,
+            expected: *expected_diff_id,
+            actual: layer.diff_id,
+        });
     }
     Ok((layer, size))
 }

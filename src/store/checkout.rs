@@ -115,7 +115,10 @@ pub fn checkout(
         let mut tocs = Vec::with_capacity(image.layers.len());
         for l in &image.layers {
             tocs.push(r.toc(&l.diff_id)?.ok_or_else(|| {
-                StoreError::Inconsistent(format!("layer {} of image {} has no table of contents", l.diff_id, image.manifest_digest))
+                StoreError::Inconsistent(format!(
+                    "layer {} of image {} has no table of contents",
+                    l.diff_id, image.manifest_digest
+                ))
             })?);
         }
         (image, tocs)
@@ -125,7 +128,11 @@ pub fn checkout(
     let dest = absolute(dest)?;
     let existing_empty_dir = match std::fs::symlink_metadata(&dest) {
         Ok(md) if md.is_dir() => {
-            if std::fs::read_dir(&dest).ctx(|| format!("reading {}", dest.display()))?.next().is_some() {
+            if std::fs::read_dir(&dest)
+                .ctx(|| format!("reading {}", dest.display()))?
+                .next()
+                .is_some()
+            {
                 return Err(StoreError::DestinationNotEmpty(dest));
             }
             true
@@ -134,8 +141,12 @@ pub fn checkout(
         Err(e) if e.kind() == io::ErrorKind::NotFound => false,
         Err(e) => return Err(e).ctx(|| format!("checking {}", dest.display())),
     };
-    let parent = dest.parent().ok_or_else(|| StoreError::DestinationNotEmpty(dest.clone()))?;
-    let name = dest.file_name().ok_or_else(|| StoreError::DestinationNotEmpty(dest.clone()))?;
+    let parent = dest
+        .parent()
+        .ok_or_else(|| StoreError::DestinationNotEmpty(dest.clone()))?;
+    let name = dest
+        .file_name()
+        .ok_or_else(|| StoreError::DestinationNotEmpty(dest.clone()))?;
     let staging = parent.join(format!(
         ".{}.zstore-checkout-{}",
         name.to_string_lossy(),
@@ -163,9 +174,11 @@ pub fn checkout(
     progress.phase_started("checkout", tree.len() as u64);
     let result = materialize_root(&mut ctx, &staging, &tree).and_then(|()| {
         if existing_empty_dir {
-            std::fs::remove_dir(&dest).ctx(|| format!("replacing empty directory {}", dest.display()))?;
+            std::fs::remove_dir(&dest)
+                .ctx(|| format!("replacing empty directory {}", dest.display()))?;
         }
-        std::fs::rename(&staging, &dest).ctx(|| format!("moving the checkout into place at {}", dest.display()))
+        std::fs::rename(&staging, &dest)
+            .ctx(|| format!("moving the checkout into place at {}", dest.display()))
     });
     progress.phase_finished();
     if let Err(e) = result {
@@ -209,12 +222,19 @@ fn absolute(p: &Path) -> Result<PathBuf, StoreError> {
     let abs = if p.is_absolute() {
         p.to_path_buf()
     } else {
-        std::env::current_dir().ctx(|| "reading the current directory".to_string())?.join(p)
+        std::env::current_dir()
+            .ctx(|| "reading the current directory".to_string())?
+            .join(p)
     };
     // Resolve the parent (which must exist) but not the last component.
     let name = abs.file_name().map(|n| n.to_os_string());
-    let parent = abs.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
-    let parent = parent.canonicalize().ctx(|| format!("resolving {}", parent.display()))?;
+    let parent = abs
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/"));
+    let parent = parent
+        .canonicalize()
+        .ctx(|| format!("resolving {}", parent.display()))?;
     Ok(match name {
         Some(n) => parent.join(n),
         None => parent,
@@ -222,7 +242,10 @@ fn absolute(p: &Path) -> Result<PathBuf, StoreError> {
 }
 
 fn unix_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 fn materialize_root(ctx: &mut Ctx<'_>, staging: &Path, tree: &Tree) -> Result<(), StoreError> {
@@ -270,7 +293,8 @@ fn materialize_node(
     let e = &node.entry;
     if let Some(group) = node.link_group {
         if let Some(first) = ctx.groups.get(&group) {
-            sys::link_at(root, first, dir, name).ctx(|| format!("hardlinking {}", shown(ctx, rel)))?;
+            sys::link_at(root, first, dir, name)
+                .ctx(|| format!("hardlinking {}", shown(ctx, rel)))?;
             if e.kind == EntryKind::Regular {
                 ctx.report.files += 1;
                 ctx.report.bytes += e.size;
@@ -282,13 +306,15 @@ fn materialize_node(
     match e.kind {
         EntryKind::Directory => {
             sys::mkdir_at(dir, name).ctx(|| format!("creating directory {}", shown(ctx, rel)))?;
-            let fd = sys::open_dir_at(dir, name).ctx(|| format!("opening directory {}", shown(ctx, rel)))?;
+            let fd = sys::open_dir_at(dir, name)
+                .ctx(|| format!("opening directory {}", shown(ctx, rel)))?;
             materialize_children(ctx, root, fd.as_fd(), node, rel)?;
             apply_dir_meta(ctx, fd, e).map_err(|err| add_path(err, &shown(ctx, rel)))?;
             ctx.report.directories += 1;
         }
         EntryKind::Regular => {
-            let outcome = regular_file(ctx, dir, name, e).map_err(|err| add_path(err, &shown(ctx, rel)))?;
+            let outcome =
+                regular_file(ctx, dir, name, e).map_err(|err| add_path(err, &shown(ctx, rel)))?;
             ctx.report.files += 1;
             ctx.report.bytes += e.size;
             match outcome {
@@ -299,7 +325,8 @@ fn materialize_node(
             }
         }
         EntryKind::Symlink => {
-            sys::symlink_at(&e.link_target, dir, name).ctx(|| format!("creating symlink {}", shown(ctx, rel)))?;
+            sys::symlink_at(&e.link_target, dir, name)
+                .ctx(|| format!("creating symlink {}", shown(ctx, rel)))?;
             apply_link_meta(ctx, dir, name, e).map_err(|err| add_path(err, &shown(ctx, rel)))?;
             ctx.report.symlinks += 1;
         }
@@ -310,18 +337,25 @@ fn materialize_node(
                 _ => sys::NodeKind::Fifo,
             };
             if kind != sys::NodeKind::Fifo && !ctx.store.policy().device_nodes {
-                ctx.report.warnings.push(format!("skipped device node {} (needs root)", shown(ctx, rel)));
+                ctx.report.warnings.push(format!(
+                    "skipped device node {} (needs root)",
+                    shown(ctx, rel)
+                ));
                 ctx.groups.retain(|_, p| p != rel);
                 return Ok(());
             }
             sys::mknod_at(dir, name, kind, e.dev_major, e.dev_minor)
                 .ctx(|| format!("creating special file {}", shown(ctx, rel)))?;
-            sys::fchmod_at(dir, name, e.mode).ctx(|| format!("setting mode of {}", shown(ctx, rel)))?;
+            sys::fchmod_at(dir, name, e.mode)
+                .ctx(|| format!("setting mode of {}", shown(ctx, rel)))?;
             apply_link_meta(ctx, dir, name, e).map_err(|err| add_path(err, &shown(ctx, rel)))?;
             ctx.report.special_files += 1;
         }
         EntryKind::Hardlink => {
-            return Err(StoreError::Inconsistent(format!("unresolved hardlink {}", shown(ctx, rel))));
+            return Err(StoreError::Inconsistent(format!(
+                "unresolved hardlink {}",
+                shown(ctx, rel)
+            )));
         }
     }
     Ok(())
@@ -329,18 +363,27 @@ fn materialize_node(
 
 fn add_path(err: StoreError, path: &str) -> StoreError {
     match err {
-        StoreError::Io { context, source } if context.is_empty() => StoreError::Io { context: path.to_string(), source },
+        StoreError::Io { context, source } if context.is_empty() => StoreError::Io {
+            context: path.to_string(),
+            source,
+        },
         other => other,
     }
 }
 
 fn apply_dir_meta(ctx: &Ctx<'_>, fd: OwnedFd, e: &Entry) -> Result<(), StoreError> {
     let meta = ObjectMeta::for_entry(e, ctx.store.policy());
-    meta.apply(&File::from(fd), ctx.store.policy()).ctx(String::new)
+    meta.apply(&File::from(fd), ctx.store.policy())
+        .ctx(String::new)
 }
 
 /// Metadata of symlinks and special files, by name (they cannot be opened safely).
-fn apply_link_meta(ctx: &mut Ctx<'_>, dir: BorrowedFd<'_>, name: &[u8], e: &Entry) -> Result<(), StoreError> {
+fn apply_link_meta(
+    ctx: &mut Ctx<'_>,
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    e: &Entry,
+) -> Result<(), StoreError> {
     let policy = ctx.store.policy();
     if policy.preserve_ownership {
         sys::lchown_at(dir, name, e.uid, e.gid).ctx(String::new)?;
@@ -348,7 +391,12 @@ fn apply_link_meta(ctx: &mut Ctx<'_>, dir: BorrowedFd<'_>, name: &[u8], e: &Entr
     for (k, v) in e.xattrs.iter().filter(|(k, _)| policy.applies_xattr(k)) {
         if let Err(err) = sys::lsetxattr_at(dir, name, k, v) {
             // Linux refuses user.* xattrs on symlinks; that is a limit, not a failure.
-            if e.kind == EntryKind::Symlink && matches!(err.raw_os_error(), Some(libc::EPERM) | Some(libc::EOPNOTSUPP)) {
+            if e.kind == EntryKind::Symlink
+                && matches!(
+                    err.raw_os_error(),
+                    Some(libc::EPERM) | Some(libc::EOPNOTSUPP)
+                )
+            {
                 ctx.report.warnings.push(format!(
                     "xattr {} not set on symlink {}: {err}",
                     String::from_utf8_lossy(k),
@@ -362,7 +410,12 @@ fn apply_link_meta(ctx: &mut Ctx<'_>, dir: BorrowedFd<'_>, name: &[u8], e: &Entr
     sys::lutimens_at(dir, name, e.mtime.secs, e.mtime.nanos).ctx(String::new)
 }
 
-fn regular_file(ctx: &mut Ctx<'_>, dir: BorrowedFd<'_>, name: &[u8], e: &Entry) -> Result<FileOutcome, StoreError> {
+fn regular_file(
+    ctx: &mut Ctx<'_>,
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    e: &Entry,
+) -> Result<FileOutcome, StoreError> {
     let policy = ctx.store.policy();
     let meta = ObjectMeta::for_entry(e, policy);
     let digest = match (&e.digest, e.size) {
@@ -382,7 +435,10 @@ fn regular_file(ctx: &mut Ctx<'_>, dir: BorrowedFd<'_>, name: &[u8], e: &Entry) 
                 // Too many links to this variant: this file gets its own copy.
                 return data_copy(ctx, dir, name, &meta, &variant, true);
             }
-            Err(err) if err.raw_os_error() == Some(libc::EXDEV) && ctx.requested == CheckoutMode::Auto => {
+            Err(err)
+                if err.raw_os_error() == Some(libc::EXDEV)
+                    && ctx.requested == CheckoutMode::Auto =>
+            {
                 ctx.strategy = Strategy::Copy;
             }
             Err(err) if err.raw_os_error() == Some(libc::EXDEV) => {
@@ -393,7 +449,9 @@ fn regular_file(ctx: &mut Ctx<'_>, dir: BorrowedFd<'_>, name: &[u8], e: &Entry) 
                 });
             }
             Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                return Err(StoreError::Inconsistent(format!("object {variant} is missing")));
+                return Err(StoreError::Inconsistent(format!(
+                    "object {variant} is missing"
+                )));
             }
             Err(err) => return Err(err).ctx(|| format!("hardlinking object {variant}")),
         }
@@ -415,11 +473,15 @@ fn data_copy(
         if err.kind() == io::ErrorKind::NotFound {
             StoreError::Inconsistent(format!("object {variant} is missing"))
         } else {
-            StoreError::Io { context: format!("opening object {variant}"), source: err }
+            StoreError::Io {
+                context: format!("opening object {variant}"),
+                source: err,
+            }
         }
     })?;
     let mut dest = sys::create_file_at(dir, name).ctx(String::new)?;
-    let try_reflink = ctx.strategy == Strategy::Reflink || (emlink_fallback && ctx.requested != CheckoutMode::Copy);
+    let try_reflink = ctx.strategy == Strategy::Reflink
+        || (emlink_fallback && ctx.requested != CheckoutMode::Copy);
     let mut outcome = FileOutcome::Copied;
     if try_reflink {
         match sys::ficlone(&dest, &src) {
@@ -460,7 +522,9 @@ fn regular_file_after_fallback(
 ) -> Result<FileOutcome, StoreError> {
     match sys::link_at(ctx.store.objects_fd(), variant.as_bytes(), dir, name) {
         Ok(()) => Ok(FileOutcome::Hardlinked),
-        Err(err) if err.raw_os_error() == Some(libc::EMLINK) => data_copy(ctx, dir, name, meta, variant, true),
+        Err(err) if err.raw_os_error() == Some(libc::EMLINK) => {
+            data_copy(ctx, dir, name, meta, variant, true)
+        }
         Err(err) if err.raw_os_error() == Some(libc::EXDEV) => {
             ctx.strategy = Strategy::Copy;
             data_copy(ctx, dir, name, meta, variant, false)

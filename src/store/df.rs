@@ -43,10 +43,13 @@ pub fn df(store: &Store, progress: &dyn Progress) -> Result<DfReport, StoreError
         report.logical_bytes = layers.iter().map(|l| l.logical_bytes).sum();
         report.checkouts = r.checkouts()?.len() as u64;
     }
-    report.metadata_bytes = std::fs::metadata(store.root().join("db.redb")).map(|m| m.len()).unwrap_or(0);
+    report.metadata_bytes = std::fs::metadata(store.root().join("db.redb"))
+        .map(|m| m.len())
+        .unwrap_or(0);
 
     let objects_dir = store.objects_dir();
-    let listed = objects::list(&objects_dir).ctx(|| format!("listing {}", objects_dir.display()))?;
+    let listed =
+        objects::list(&objects_dir).ctx(|| format!("listing {}", objects_dir.display()))?;
     let mut seen_inodes: HashSet<(u64, u64)> = HashSet::new();
     let mut first_inode_of: HashMap<Digest, (u64, u64)> = HashMap::new();
     // Canonical names first, so each content's first inode is the canonical one.
@@ -59,7 +62,8 @@ pub fn df(store: &Store, progress: &dyn Progress) -> Result<DfReport, StoreError
             ObjectFile::Variant(..) => report.variants += 1,
         }
         let path = objects_dir.join(&l.name);
-        let md = std::fs::symlink_metadata(&path).ctx(|| format!("examining {}", path.display()))?;
+        let md =
+            std::fs::symlink_metadata(&path).ctx(|| format!("examining {}", path.display()))?;
         let inode = (md.dev(), md.ino());
         if !seen_inodes.insert(inode) {
             continue;
@@ -71,7 +75,9 @@ pub fn df(store: &Store, progress: &dyn Progress) -> Result<DfReport, StoreError
                 report.stored_bytes += allocated;
             }
             // Another inode with the same content: a variant copy, free where reflinked.
-            Some(_) => report.stored_bytes += crate::store::gc::allocated_exclusive(&path, allocated),
+            Some(_) => {
+                report.stored_bytes += crate::store::gc::allocated_exclusive(&path, allocated)
+            }
         }
     }
     Ok(report)

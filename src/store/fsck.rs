@@ -63,11 +63,19 @@ pub struct FsckReport {
 }
 
 fn problem(kind: ProblemKind, object: impl Into<String>, detail: impl Into<String>) -> Problem {
-    Problem { kind, object: object.into(), detail: detail.into() }
+    Problem {
+        kind,
+        object: object.into(),
+        detail: detail.into(),
+    }
 }
 
 /// Runs fsck with `threads` hashing threads (0 = one per core).
-pub fn fsck(store: &Store, threads: usize, progress: &dyn Progress) -> Result<FsckReport, StoreError> {
+pub fn fsck(
+    store: &Store,
+    threads: usize,
+    progress: &dyn Progress,
+) -> Result<FsckReport, StoreError> {
     let _lock = store.lock(LockMode::Shared, progress)?;
     let mut report = FsckReport::default();
 
@@ -80,7 +88,11 @@ pub fn fsck(store: &Store, threads: usize, progress: &dyn Progress) -> Result<Fs
         let image_digests: HashSet<Digest> = images.iter().map(|i| i.manifest_digest).collect();
         for (name, d) in r.names()? {
             if !image_digests.contains(&d) {
-                report.errors.push(problem(ProblemKind::DanglingReference, name, format!("name points at missing image {d}")));
+                report.errors.push(problem(
+                    ProblemKind::DanglingReference,
+                    name,
+                    format!("name points at missing image {d}"),
+                ));
             }
         }
         let mut layer_ids: HashSet<Digest> = HashSet::new();
@@ -100,7 +112,11 @@ pub fn fsck(store: &Store, threads: usize, progress: &dyn Progress) -> Result<Fs
         }
         for (blob, diff_id) in r.blobs()? {
             if !layer_ids.contains(&diff_id) {
-                report.errors.push(problem(ProblemKind::DanglingReference, blob, format!("blob maps to missing layer {diff_id}")));
+                report.errors.push(problem(
+                    ProblemKind::DanglingReference,
+                    blob,
+                    format!("blob maps to missing layer {diff_id}"),
+                ));
             }
         }
         for diff_id in &layer_ids {
@@ -108,7 +124,11 @@ pub fn fsck(store: &Store, threads: usize, progress: &dyn Progress) -> Result<Fs
             match (r.toc(diff_id), r.skeleton(diff_id)) {
                 (Ok(Some(toc)), Ok(Some(skeleton))) => {
                     if let Err(e) = skeleton.validate(&toc) {
-                        report.errors.push(problem(ProblemKind::BadRecord, diff_id.to_string(), e.to_string()));
+                        report.errors.push(problem(
+                            ProblemKind::BadRecord,
+                            diff_id.to_string(),
+                            e.to_string(),
+                        ));
                     }
                 }
                 (Ok(None), _) => report.errors.push(problem(
@@ -116,12 +136,16 @@ pub fn fsck(store: &Store, threads: usize, progress: &dyn Progress) -> Result<Fs
                     diff_id.to_string(),
                     "layer has no table of contents",
                 )),
-                (_, Ok(None)) => {
-                    report.errors.push(problem(ProblemKind::DanglingReference, diff_id.to_string(), "layer has no tar skeleton"))
-                }
-                (Err(e), _) | (_, Err(e)) => {
-                    report.errors.push(problem(ProblemKind::BadRecord, diff_id.to_string(), e.to_string()))
-                }
+                (_, Ok(None)) => report.errors.push(problem(
+                    ProblemKind::DanglingReference,
+                    diff_id.to_string(),
+                    "layer has no tar skeleton",
+                )),
+                (Err(e), _) | (_, Err(e)) => report.errors.push(problem(
+                    ProblemKind::BadRecord,
+                    diff_id.to_string(),
+                    e.to_string(),
+                )),
             }
         }
         objects::referenced_variants(&r, layer_ids.iter(), store.policy())?
@@ -129,7 +153,8 @@ pub fn fsck(store: &Store, threads: usize, progress: &dyn Progress) -> Result<Fs
 
     // Objects on disk.
     let objects_dir = store.objects_dir();
-    let listed = objects::list(&objects_dir).ctx(|| format!("listing {}", objects_dir.display()))?;
+    let listed =
+        objects::list(&objects_dir).ctx(|| format!("listing {}", objects_dir.display()))?;
     let mut present: HashSet<(Digest, crate::store::MetaKey)> = HashSet::new();
     // One hash per inode: a canonical name and its variant share content.
     let mut inodes: HashMap<(u64, u64), (String, Digest)> = HashMap::new();
@@ -137,22 +162,36 @@ pub fn fsck(store: &Store, threads: usize, progress: &dyn Progress) -> Result<Fs
     for l in &listed {
         report.objects_checked += 1;
         let Some(obj) = l.object else {
-            report.errors.push(problem(ProblemKind::StrayFile, &l.name, "not an object name"));
+            report.errors.push(problem(
+                ProblemKind::StrayFile,
+                &l.name,
+                "not an object name",
+            ));
             continue;
         };
         let path = objects_dir.join(&l.name);
         let md = match std::fs::symlink_metadata(&path) {
             Ok(md) if md.is_file() => md,
             Ok(_) => {
-                report.errors.push(problem(ProblemKind::StrayFile, &l.name, "not a regular file"));
+                report.errors.push(problem(
+                    ProblemKind::StrayFile,
+                    &l.name,
+                    "not a regular file",
+                ));
                 continue;
             }
             Err(e) => {
-                report.errors.push(problem(ProblemKind::UnreadableObject, &l.name, e.to_string()));
+                report.errors.push(problem(
+                    ProblemKind::UnreadableObject,
+                    &l.name,
+                    e.to_string(),
+                ));
                 continue;
             }
         };
-        inodes.entry((md.dev(), md.ino())).or_insert_with(|| (l.name.clone(), *obj.digest()));
+        inodes
+            .entry((md.dev(), md.ino()))
+            .or_insert_with(|| (l.name.clone(), *obj.digest()));
         if let ObjectFile::Variant(d, k) = obj {
             present.insert((d, k));
             if !referenced.contains_key(&(d, k)) {
@@ -191,7 +230,13 @@ pub fn fsck(store: &Store, threads: usize, progress: &dyn Progress) -> Result<Fs
     let work: Vec<(String, Digest)> = inodes.into_values().collect();
     report.inodes_hashed = work.len() as u64;
     progress.phase_started("fsck", work.len() as u64);
-    let threads = if threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { threads };
+    let threads = if threads == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    } else {
+        threads
+    };
     let next = AtomicUsize::new(0);
     let bytes = AtomicU64::new(0);
     let found = Mutex::new(Vec::new());
@@ -200,14 +245,20 @@ pub fn fsck(store: &Store, threads: usize, progress: &dyn Progress) -> Result<Fs
             s.spawn(|| {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some((name, expected)) = work.get(i) else { break };
+                    let Some((name, expected)) = work.get(i) else {
+                        break;
+                    };
                     let path = objects_dir.join(name);
                     let outcome = std::fs::File::open(&path).and_then(hash_reader);
                     let p = match outcome {
                         Ok((actual, n)) => {
                             bytes.fetch_add(n, Ordering::Relaxed);
                             (actual != *expected).then(|| {
-                                problem(ProblemKind::CorruptObject, name, format!("content hashes to {actual}"))
+                                problem(
+                                    ProblemKind::CorruptObject,
+                                    name,
+                                    format!("content hashes to {actual}"),
+                                )
                             })
                         }
                         Err(e) => Some(problem(ProblemKind::UnreadableObject, name, e.to_string())),
@@ -222,7 +273,11 @@ pub fn fsck(store: &Store, threads: usize, progress: &dyn Progress) -> Result<Fs
     });
     progress.phase_finished();
     report.bytes_checked = bytes.into_inner();
-    report.errors.extend(found.into_inner().unwrap_or_else(|e| e.into_inner()));
-    report.errors.sort_by(|a, b| (a.kind as u8, &a.object).cmp(&(b.kind as u8, &b.object)));
+    report
+        .errors
+        .extend(found.into_inner().unwrap_or_else(|e| e.into_inner()));
+    report
+        .errors
+        .sort_by(|a, b| (a.kind as u8, &a.object).cmp(&(b.kind as u8, &b.object)));
     Ok(report)
 }

@@ -32,17 +32,27 @@ pub struct GcReport {
     pub removed_temp: u64,
 }
 
+/// The canonical name (if any) of one content and its variants, each with "keep".
+type DigestFiles = (Option<String>, Vec<(String, bool)>);
+
 /// Runs gc.
 pub fn gc(store: &Store, dry_run: bool, progress: &dyn Progress) -> Result<GcReport, StoreError> {
     let _lock = store.lock(LockMode::Exclusive, progress)?;
     crate::testhook::pause("gc-locked");
-    let mut report = GcReport { dry_run, ..Default::default() };
+    let mut report = GcReport {
+        dry_run,
+        ..Default::default()
+    };
 
     // 1. Layers no image uses, and blob mappings to layers that are gone.
     let referenced = {
         let db = store.db()?;
         let w = db.write()?;
-        let used: HashSet<Digest> = w.images()?.iter().flat_map(|i| i.layers.iter().map(|l| l.diff_id)).collect();
+        let used: HashSet<Digest> = w
+            .images()?
+            .iter()
+            .flat_map(|i| i.layers.iter().map(|l| l.diff_id))
+            .collect();
         let mut removed = HashSet::new();
         for layer in w.layers()? {
             if !used.contains(&layer.diff_id) {
@@ -68,15 +78,20 @@ pub fn gc(store: &Store, dry_run: bool, progress: &dyn Progress) -> Result<GcRep
     // 2. Object files: variants nobody references, canonical names whose content no kept
     //    variant has.
     let objects_dir = store.objects_dir();
-    let listed = objects::list(&objects_dir).ctx(|| format!("listing {}", objects_dir.display()))?;
+    let listed =
+        objects::list(&objects_dir).ctx(|| format!("listing {}", objects_dir.display()))?;
     progress.phase_started("gc", listed.len() as u64);
-    let mut by_digest: HashMap<Digest, (Option<String>, Vec<(String, bool)>)> = HashMap::new();
+    let mut by_digest: HashMap<Digest, DigestFiles> = HashMap::new();
     for l in &listed {
         match l.object {
-            Some(ObjectFile::Canonical(d)) => by_digest.entry(d).or_default().0 = Some(l.name.clone()),
-            Some(ObjectFile::Variant(d, k)) => {
-                by_digest.entry(d).or_default().1.push((l.name.clone(), referenced.contains_key(&(d, k))))
+            Some(ObjectFile::Canonical(d)) => {
+                by_digest.entry(d).or_default().0 = Some(l.name.clone())
             }
+            Some(ObjectFile::Variant(d, k)) => by_digest
+                .entry(d)
+                .or_default()
+                .1
+                .push((l.name.clone(), referenced.contains_key(&(d, k)))),
             None => {}
         }
     }
@@ -85,7 +100,11 @@ pub fn gc(store: &Store, dry_run: bool, progress: &dyn Progress) -> Result<GcRep
     let mut removals: Vec<String> = Vec::new();
     let mut relinks: Vec<(String, String)> = Vec::new();
     for (_, (canonical, variants)) in by_digest {
-        let kept: Vec<&String> = variants.iter().filter(|(_, keep)| *keep).map(|(n, _)| n).collect();
+        let kept: Vec<&String> = variants
+            .iter()
+            .filter(|(_, keep)| *keep)
+            .map(|(n, _)| n)
+            .collect();
         for (name, keep) in &variants {
             if !keep {
                 removals.push(name.clone());
@@ -98,7 +117,11 @@ pub fn gc(store: &Store, dry_run: bool, progress: &dyn Progress) -> Result<GcRep
                 report.removed_objects += 1;
             }
             (Some(c), Some(first)) => {
-                let ino = |n: &str| std::fs::symlink_metadata(objects_dir.join(n)).map(|m| m.ino()).ok();
+                let ino = |n: &str| {
+                    std::fs::symlink_metadata(objects_dir.join(n))
+                        .map(|m| m.ino())
+                        .ok()
+                };
                 let c_ino = ino(&c);
                 if !kept.iter().any(|k| ino(k) == c_ino) {
                     // The canonical name pins data no kept variant has: point it at a kept one.
@@ -114,7 +137,8 @@ pub fn gc(store: &Store, dry_run: bool, progress: &dyn Progress) -> Result<GcRep
     let mut pending: HashMap<(u64, u64), (u64, u64, u64)> = HashMap::new(); // inode -> (names, nlink, bytes)
     for name in &removals {
         let path = objects_dir.join(name);
-        let md = std::fs::symlink_metadata(&path).ctx(|| format!("examining {}", path.display()))?;
+        let md =
+            std::fs::symlink_metadata(&path).ctx(|| format!("examining {}", path.display()))?;
         let slot = pending
             .entry((md.dev(), md.ino()))
             .or_insert_with(|| (0, md.nlink(), allocated_exclusive(&path, md.blocks() * 512)));
@@ -127,13 +151,21 @@ pub fn gc(store: &Store, dry_run: bool, progress: &dyn Progress) -> Result<GcRep
             progress.phase_advanced(1);
         }
     }
-    report.removed_bytes = pending.values().filter(|(names, nlink, _)| names == nlink).map(|(_, _, b)| b).sum();
+    report.removed_bytes = pending
+        .values()
+        .filter(|(names, nlink, _)| names == nlink)
+        .map(|(_, _, b)| b)
+        .sum();
     if !dry_run {
         for (from, canonical) in &relinks {
-            let tmp = store.tmp_dir().join(format!("relink-{}", std::process::id()));
+            let tmp = store
+                .tmp_dir()
+                .join(format!("relink-{}", std::process::id()));
             let _ = std::fs::remove_file(&tmp);
-            std::fs::hard_link(objects_dir.join(from), &tmp).ctx(|| format!("relinking {canonical}"))?;
-            std::fs::rename(&tmp, objects_dir.join(canonical)).ctx(|| format!("relinking {canonical}"))?;
+            std::fs::hard_link(objects_dir.join(from), &tmp)
+                .ctx(|| format!("relinking {canonical}"))?;
+            std::fs::rename(&tmp, objects_dir.join(canonical))
+                .ctx(|| format!("relinking {canonical}"))?;
         }
     }
     progress.phase_finished();

@@ -23,7 +23,11 @@ pub struct StoreLock {
 
 /// Takes the lock on `path`, waiting if another process holds it in a conflicting mode.
 pub fn acquire(path: &Path, mode: LockMode, progress: &dyn Progress) -> io::Result<StoreLock> {
-    let file = File::options().create(true).truncate(false).write(true).open(path)?;
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
     let attempt = match mode {
         LockMode::Shared => file.try_lock_shared(),
         LockMode::Exclusive => file.try_lock(),
@@ -33,7 +37,9 @@ pub fn acquire(path: &Path, mode: LockMode, progress: &dyn Progress) -> io::Resu
         Err(TryLockError::WouldBlock) => {
             progress.waiting(match mode {
                 LockMode::Shared => "waiting for the store lock: a gc is running",
-                LockMode::Exclusive => "waiting for the store lock: pulls, checkouts or fsck are running",
+                LockMode::Exclusive => {
+                    "waiting for the store lock: pulls, checkouts or fsck are running"
+                }
             });
             match mode {
                 LockMode::Shared => file.lock_shared()?,

@@ -62,7 +62,11 @@ impl fmt::Debug for MetaKey {
 impl MetaKey {
     /// Parses the 32 hex digits of a variant name.
     pub fn from_hex(s: &str) -> Option<MetaKey> {
-        if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if s.len() != 32
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return None;
         }
         let mut k = [0u8; 16];
@@ -74,7 +78,11 @@ impl MetaKey {
 impl ObjectMeta {
     /// The metadata an entry's object variant gets under `policy`.
     pub fn for_entry(e: &Entry, policy: Policy) -> ObjectMeta {
-        let (uid, gid) = if policy.preserve_ownership { (e.uid, e.gid) } else { (0, 0) };
+        let (uid, gid) = if policy.preserve_ownership {
+            (e.uid, e.gid)
+        } else {
+            (0, 0)
+        };
         ObjectMeta {
             mode: e.mode & 0o7777,
             uid,
@@ -120,7 +128,10 @@ impl ObjectMeta {
         sys::fchmod(fd, self.mode)?;
         for (k, v) in &self.xattrs {
             sys::fsetxattr(fd, k, v).map_err(|e| {
-                io::Error::new(e.kind(), format!("setting xattr {}: {e}", String::from_utf8_lossy(k)))
+                io::Error::new(
+                    e.kind(),
+                    format!("setting xattr {}: {e}", String::from_utf8_lossy(k)),
+                )
             })?;
         }
         sys::futimens(fd, self.mtime.secs, self.mtime.nanos)
@@ -129,13 +140,23 @@ impl ObjectMeta {
     /// Reads the metadata a file actually has, as `policy` sees it (for fsck).
     pub fn read(file: &File, policy: Policy) -> io::Result<ObjectMeta> {
         let md = file.metadata()?;
-        let (uid, gid) = if policy.preserve_ownership { (md.uid(), md.gid()) } else { (0, 0) };
-        let xattrs = sys::fget_xattrs(file)?.into_iter().filter(|(k, _)| policy.applies_xattr(k)).collect();
+        let (uid, gid) = if policy.preserve_ownership {
+            (md.uid(), md.gid())
+        } else {
+            (0, 0)
+        };
+        let xattrs = sys::fget_xattrs(file)?
+            .into_iter()
+            .filter(|(k, _)| policy.applies_xattr(k))
+            .collect();
         Ok(ObjectMeta {
             mode: md.mode() & 0o7777,
             uid,
             gid,
-            mtime: Timestamp { secs: md.mtime(), nanos: md.mtime_nsec() as u32 },
+            mtime: Timestamp {
+                secs: md.mtime(),
+                nanos: md.mtime_nsec() as u32,
+            },
             xattrs,
         })
     }

@@ -70,11 +70,19 @@ pub enum StoreError {
     #[error(
         "reflink checkout impossible: the filesystem of {dest} cannot clone files from the store at {store} ({source}); use --mode hardlink or --mode copy"
     )]
-    ReflinkUnsupported { dest: PathBuf, store: PathBuf, source: io::Error },
+    ReflinkUnsupported {
+        dest: PathBuf,
+        store: PathBuf,
+        source: io::Error,
+    },
     #[error(
         "hardlink checkout impossible: {dest} and the store at {store} are on different filesystems ({source}); use --mode copy"
     )]
-    HardlinkUnsupported { dest: PathBuf, store: PathBuf, source: io::Error },
+    HardlinkUnsupported {
+        dest: PathBuf,
+        store: PathBuf,
+        source: io::Error,
+    },
     #[error("layer {diff_id}: rebuilt tar has digest {actual}, expected {diff_id}")]
     ExportDigest { diff_id: Digest, actual: Digest },
 }
@@ -86,7 +94,10 @@ pub trait IoContext<T> {
 
 impl<T> IoContext<T> for io::Result<T> {
     fn ctx(self, context: impl FnOnce() -> String) -> Result<T, StoreError> {
-        self.map_err(|source| StoreError::Io { context: context(), source })
+        self.map_err(|source| StoreError::Io {
+            context: context(),
+            source,
+        })
     }
 }
 
@@ -113,7 +124,10 @@ impl Store {
         let expected = format!("zstore store format {FORMAT_VERSION}");
         let first = lines.next().unwrap_or("").trim();
         if first != expected {
-            return Err(StoreError::Format { path: root.to_path_buf(), found: first.to_string() });
+            return Err(StoreError::Format {
+                path: root.to_path_buf(),
+                found: first.to_string(),
+            });
         }
         // Object variant keys depend on whether ownership is kept, so that choice belongs to the
         // store (made at creation), not to whoever runs a command on it.
@@ -127,35 +141,66 @@ impl Store {
                 });
             }
         };
-        let root = root.canonicalize().ctx(|| format!("resolving {}", root.display()))?;
-        let objects = sys::open_dir(&root.join("objects")).ctx(|| format!("opening {}/objects", root.display()))?;
+        let root = root
+            .canonicalize()
+            .ctx(|| format!("resolving {}", root.display()))?;
+        let objects = sys::open_dir(&root.join("objects"))
+            .ctx(|| format!("opening {}/objects", root.display()))?;
         let policy = Policy {
             preserve_ownership: preserve,
             all_xattrs: preserve,
             device_nodes: sys::is_root(),
         };
-        Ok(Store { root, objects, policy })
+        Ok(Store {
+            root,
+            objects,
+            policy,
+        })
     }
 
     fn create(root: &Path) -> Result<(), StoreError> {
-        if let Ok(mut it) = std::fs::read_dir(root)
-            && it.next().is_some()
-        {
-            return Err(StoreError::NotAStore { path: root.to_path_buf() });
-        }
         let ctx = || format!("creating store at {}", root.display());
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(root).ctx(ctx)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(root)
+            .ctx(ctx)?;
+        // Concurrent first uses serialise on a lock of the directory itself; the loser finds
+        // the marker afterwards.
+        let dir = File::open(root).ctx(ctx)?;
+        dir.lock().ctx(ctx)?;
+        if root.join(MARKER).exists() {
+            return Ok(());
+        }
+        // Only what an interrupted creation leaves may be there already.
+        const OURS: [&str; 5] = ["objects", "tmp", "lock", "db.lock", "db.redb"];
+        for ent in std::fs::read_dir(root).ctx(ctx)? {
+            let name = ent.ctx(ctx)?.file_name();
+            if !OURS.iter().any(|o| name.as_os_str() == *o) {
+                return Err(StoreError::NotAStore {
+                    path: root.to_path_buf(),
+                });
+            }
+        }
         // The store holds setuid binaries and private files of images: only its owner may look.
         std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700)).ctx(ctx)?;
         for i in 0..=255u8 {
-            std::fs::DirBuilder::new().recursive(true).create(root.join("objects").join(format!("{i:02x}"))).ctx(ctx)?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .create(root.join("objects").join(format!("{i:02x}")))
+                .ctx(ctx)?;
         }
         std::fs::create_dir_all(root.join("tmp")).ctx(ctx)?;
-        // The marker goes last, atomically: a half-created store has none and is re-created.
+        // The marker goes last, atomically: a half-created store has none and is completed.
         let tmp = root.join("tmp").join(MARKER);
         let ownership = if sys::is_root() { "preserve" } else { "ignore" };
-        std::fs::write(&tmp, format!("zstore store format {FORMAT_VERSION}\nownership {ownership}\n")).ctx(ctx)?;
+        std::fs::write(
+            &tmp,
+            format!("zstore store format {FORMAT_VERSION}\nownership {ownership}\n"),
+        )
+        .ctx(ctx)?;
         std::fs::rename(&tmp, root.join(MARKER)).ctx(ctx)?;
+        sys::syncfs(&dir).ctx(ctx)?;
         Ok(())
     }
 
@@ -185,12 +230,16 @@ impl Store {
 
     /// Takes the store lock (see [`lock`]).
     pub fn lock(&self, mode: LockMode, progress: &dyn Progress) -> Result<StoreLock, StoreError> {
-        lock::acquire(&self.root.join("lock"), mode, progress).ctx(|| "taking the store lock".to_string())
+        lock::acquire(&self.root.join("lock"), mode, progress)
+            .ctx(|| "taking the store lock".to_string())
     }
 
     /// Opens the metadata database for a short transaction.
     pub fn db(&self) -> Result<Db, StoreError> {
-        Ok(Db::open(&self.root.join("db.redb"), &self.root.join("db.lock"))?)
+        Ok(Db::open(
+            &self.root.join("db.redb"),
+            &self.root.join("db.lock"),
+        )?)
     }
 
     /// Opens the canonical object of a content digest.
@@ -200,30 +249,46 @@ impl Store {
 
     /// Whether an object variant exists.
     pub fn has_variant(&self, digest: &Digest, key: MetaKey) -> bool {
-        sys::open_file_at(self.objects_fd(), objects::variant_name(digest, key).as_bytes()).is_ok()
+        sys::open_file_at(
+            self.objects_fd(),
+            objects::variant_name(digest, key).as_bytes(),
+        )
+        .is_ok()
     }
 
     /// Finds a stored image by name, digest or unique digest prefix (12+ hex digits).
     pub fn find_image(&self, db: &impl DbView, query: &str) -> Result<ImageRecord, StoreError> {
         if let Some(d) = db.resolve_name(query)? {
-            return db.image(&d)?.ok_or_else(|| StoreError::Inconsistent(format!("name {query} points at missing image {d}")));
+            return db.image(&d)?.ok_or_else(|| {
+                StoreError::Inconsistent(format!("name {query} points at missing image {d}"))
+            });
         }
         for candidate in crate::image::reference::local_name_candidates(query) {
             if let Some(d) = db.resolve_name(&candidate)? {
-                return db.image(&d)?.ok_or_else(|| StoreError::Inconsistent(format!("name {candidate} points at missing image {d}")));
+                return db.image(&d)?.ok_or_else(|| {
+                    StoreError::Inconsistent(format!(
+                        "name {candidate} points at missing image {d}"
+                    ))
+                });
             }
         }
         let hex = query.strip_prefix("sha256:").unwrap_or(query);
         if hex.len() >= 12 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             let hex = hex.to_ascii_lowercase();
-            let matches: Vec<ImageRecord> =
-                db.images()?.into_iter().filter(|i| i.manifest_digest.hex().starts_with(&hex)).collect();
+            let matches: Vec<ImageRecord> = db
+                .images()?
+                .into_iter()
+                .filter(|i| i.manifest_digest.hex().starts_with(&hex))
+                .collect();
             return match matches.len() {
                 1 => Ok(matches.into_iter().next().expect("one match")),
                 0 => Err(StoreError::ImageNotFound(query.to_string())),
                 _ => Err(StoreError::AmbiguousImage {
                     query: query.to_string(),
-                    matches: matches.iter().map(|i| i.manifest_digest.to_string()).collect(),
+                    matches: matches
+                        .iter()
+                        .map(|i| i.manifest_digest.to_string())
+                        .collect(),
                 }),
             };
         }

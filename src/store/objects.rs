@@ -58,7 +58,10 @@ mod tests {
         let k = MetaKey([7; 16]);
         let v = variant_name(&d, k);
         let (dir, name) = v.split_once('/').unwrap();
-        assert_eq!(parse_object_file(dir, name), Some(ObjectFile::Variant(d, k)));
+        assert_eq!(
+            parse_object_file(dir, name),
+            Some(ObjectFile::Variant(d, k))
+        );
         let c = object_name(&d);
         let (dir, name) = c.split_once('/').unwrap();
         assert_eq!(parse_object_file(dir, name), Some(ObjectFile::Canonical(d)));
@@ -90,7 +93,10 @@ pub fn list(objects_dir: &std::path::Path) -> std::io::Result<Vec<Listed>> {
         for ent in rd {
             let ent = ent?;
             let name = ent.file_name().to_string_lossy().into_owned();
-            out.push(Listed { object: parse_object_file(&dir, &name), name: format!("{dir}/{name}") });
+            out.push(Listed {
+                object: parse_object_file(&dir, &name),
+                name: format!("{dir}/{name}"),
+            });
         }
     }
     Ok(out)
@@ -106,9 +112,12 @@ pub fn referenced_variants<'a>(
     layers: impl IntoIterator<Item = &'a Digest>,
     policy: crate::store::Policy,
 ) -> Result<std::collections::HashMap<(Digest, MetaKey), Users>, crate::db::DbError> {
-    let mut out: std::collections::HashMap<(Digest, MetaKey), Users> = std::collections::HashMap::new();
+    let mut out: std::collections::HashMap<(Digest, MetaKey), Users> =
+        std::collections::HashMap::new();
     for diff_id in layers {
-        let Some(toc) = view.toc(diff_id)? else { continue };
+        let Some(toc) = view.toc(diff_id)? else {
+            continue;
+        };
         for e in toc.iter().filter(|e| e.has_object()) {
             let Some(d) = e.digest else { continue };
             let key = crate::store::ObjectMeta::for_entry(e, policy).key();
@@ -123,5 +132,8 @@ pub fn referenced_variants<'a>(
 
 /// The canonical name for a variant name (`ab/<hex>.<key>` → `ab/<hex>`).
 pub fn canonical_of(variant: &str) -> String {
-    variant.split_once('.').map(|(c, _)| c.to_string()).unwrap_or_else(|| variant.to_string())
+    variant
+        .split_once('.')
+        .map(|(c, _)| c.to_string())
+        .unwrap_or_else(|| variant.to_string())
 }

@@ -52,7 +52,10 @@ impl<'s> Staging<'s> {
             match std::fs::create_dir(&p) {
                 Ok(()) => break p,
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < 100 => n += 1,
-                Err(e) => return Err(e).ctx(|| format!("creating staging directory in {}", base.display())),
+                Err(e) => {
+                    return Err(e)
+                        .ctx(|| format!("creating staging directory in {}", base.display()));
+                }
             }
         };
         let dir = sys::open_dir(&path).ctx(|| format!("opening {}", path.display()))?;
@@ -93,9 +96,18 @@ impl<'s> Staging<'s> {
         }
     }
 
-    fn finish_variant(&mut self, digest: Digest, key: MetaKey, meta: &ObjectMeta, name: String, file: File) -> io::Result<()> {
+    fn finish_variant(
+        &mut self,
+        digest: Digest,
+        key: MetaKey,
+        meta: &ObjectMeta,
+        name: String,
+        file: File,
+    ) -> io::Result<()> {
         meta.apply(&file, self.store.policy())?;
-        self.staged_content.entry(digest).or_insert_with(|| name.clone());
+        self.staged_content
+            .entry(digest)
+            .or_insert_with(|| name.clone());
         self.staged.insert((digest, key), name);
         Ok(())
     }
@@ -106,12 +118,22 @@ impl<'s> Staging<'s> {
         let mut stats = PublishStats::default();
         let objects = self.store.objects_fd();
         for ((digest, key), name) in &self.staged {
-            match sys::link_at(self.dir.as_fd(), name.as_bytes(), objects, variant_name(digest, *key).as_bytes()) {
+            match sys::link_at(
+                self.dir.as_fd(),
+                name.as_bytes(),
+                objects,
+                variant_name(digest, *key).as_bytes(),
+            ) {
                 Ok(()) => stats.new_variants += 1,
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(e).ctx(|| format!("publishing object {digest}")),
             }
-            match sys::link_at(self.dir.as_fd(), name.as_bytes(), objects, object_name(digest).as_bytes()) {
+            match sys::link_at(
+                self.dir.as_fd(),
+                name.as_bytes(),
+                objects,
+                object_name(digest).as_bytes(),
+            ) {
                 Ok(()) => stats.new_objects += 1,
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(e).ctx(|| format!("publishing object {digest}")),
@@ -139,10 +161,14 @@ impl ObjectSink for Staging<'_> {
             let mut buf = Vec::with_capacity(entry.size as usize);
             content.take(entry.size).read_to_end(&mut buf)?;
             if buf.len() as u64 != entry.size {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file content ends early"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "file content ends early",
+                ));
             }
             let digest = Digest::of(&buf);
-            let reused = self.store.open_object(&digest).is_ok();
+            let reused = self.staged_content.contains_key(&digest)
+                || self.store.open_object(&digest).is_ok();
             if !self.staged.contains_key(&(digest, key)) && !self.store.has_variant(&digest, key) {
                 let (name, file) = match self.try_reflink(&digest)? {
                     Some(reflinked) => reflinked,
@@ -165,14 +191,18 @@ impl ObjectSink for Staging<'_> {
             let want = buf.len().min(left as usize);
             let n = content.read(&mut buf[..want])?;
             if n == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file content ends early"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "file content ends early",
+                ));
             }
             hasher.update(&buf[..n]);
             file.write_all(&buf[..n])?;
             left -= n as u64;
         }
         let digest = hasher.finish();
-        let reused = self.store.open_object(&digest).is_ok();
+        let reused =
+            self.staged_content.contains_key(&digest) || self.store.open_object(&digest).is_ok();
         if self.staged.contains_key(&(digest, key)) || self.store.has_variant(&digest, key) {
             drop(file);
             sys::unlink_at(self.dir.as_fd(), name.as_bytes())?;
@@ -193,5 +223,8 @@ impl ObjectSink for Staging<'_> {
 }
 
 fn now_nanos() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
 }

@@ -13,7 +13,9 @@ use zstore::digest::Digest;
 
 /// True when running in CI, where a missing peer is a failure, not a skip.
 pub fn in_ci() -> bool {
-    std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false)
+    std::env::var("CI")
+        .map(|v| v == "true" || v == "1")
+        .unwrap_or(false)
 }
 
 /// Skips (returns false, printing why) or, in CI, fails when a requirement is missing.
@@ -49,7 +51,9 @@ pub struct Zs {
 
 impl Zs {
     pub fn new(root: &Path) -> Zs {
-        Zs { root: root.to_path_buf() }
+        Zs {
+            root: root.to_path_buf(),
+        }
     }
 
     pub fn cmd(&self) -> Command {
@@ -80,14 +84,19 @@ impl Zs {
         let mut a = args.to_vec();
         a.push("--json");
         let out = self.ok(&a);
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("zstore {a:?} printed invalid JSON ({e}): {out}"))
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("zstore {a:?} printed invalid JSON ({e}): {out}"))
     }
 
     /// Runs and asserts failure with exit status 1 and an `error:` line; returns stderr.
     pub fn fails(&self, args: &[&str]) -> String {
         let out = self.run(args);
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert_eq!(out.status.code(), Some(1), "zstore {args:?} should fail with 1; stderr: {stderr}");
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "zstore {args:?} should fail with 1; stderr: {stderr}"
+        );
         assert!(stderr.starts_with("error: "), "no error line: {stderr}");
         stderr
     }
@@ -110,13 +119,22 @@ pub fn compress(tar: &[u8], c: Compression) -> (Vec<u8>, &'static str) {
         Compression::Gzip => {
             let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
             e.write_all(tar).unwrap();
-            (e.finish().unwrap(), "application/vnd.oci.image.layer.v1.tar+gzip")
+            (
+                e.finish().unwrap(),
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+            )
         }
-        Compression::Zstd => (zstd::bulk::compress(tar, 3).unwrap(), "application/vnd.oci.image.layer.v1.tar+zstd"),
+        Compression::Zstd => (
+            zstd::bulk::compress(tar, 3).unwrap(),
+            "application/vnd.oci.image.layer.v1.tar+zstd",
+        ),
         Compression::ZstdMultiFrame => {
             let mut out = Vec::new();
             let third = tar.len() / 3;
-            for (i, part) in [&tar[..third], &tar[third..2 * third], &tar[2 * third..]].iter().enumerate() {
+            for (i, part) in [&tar[..third], &tar[third..2 * third], &tar[2 * third..]]
+                .iter()
+                .enumerate()
+            {
                 out.extend(zstd::bulk::compress(part, 3).unwrap());
                 if i == 0 {
                     out.extend(zstd::bulk::compress(&[], 3).unwrap());
@@ -145,7 +163,10 @@ impl Layout {
     pub fn new(dir: &Path) -> Layout {
         std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
         std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-        Layout { dir: dir.to_path_buf(), index: Vec::new() }
+        Layout {
+            dir: dir.to_path_buf(),
+            index: Vec::new(),
+        }
     }
 
     pub fn put_blob(&self, data: &[u8]) -> Digest {
@@ -174,7 +195,9 @@ impl Layout {
             let d = self.put_blob(&blob);
             diff_ids.push(Digest::of(tar));
             layer_digests.push(d);
-            descs.push(serde_json::json!({"mediaType": mt, "digest": d.to_string(), "size": blob.len()}));
+            descs.push(
+                serde_json::json!({"mediaType": mt, "digest": d.to_string(), "size": blob.len()}),
+            );
         }
         let mut config = serde_json::json!({
             "architecture": "amd64", "os": "linux",
@@ -199,10 +222,33 @@ impl Layout {
         }));
         std::fs::write(
             self.dir.join("index.json"),
-            serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": self.index})).unwrap(),
+            serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": self.index}))
+                .unwrap(),
         )
         .unwrap();
-        Added { manifest_digest: md, diff_ids, layer_digests }
+        Added {
+            manifest_digest: md,
+            diff_ids,
+            layer_digests,
+        }
+    }
+
+    /// Gives an image already in the layout another tag.
+    pub fn tag(&mut self, manifest: &Digest, tag: &str) {
+        let mut entry = self
+            .index
+            .iter()
+            .find(|e| e["digest"] == manifest.to_string())
+            .expect("manifest in the index")
+            .clone();
+        entry["annotations"]["org.opencontainers.image.ref.name"] = serde_json::json!(tag);
+        self.index.push(entry);
+        std::fs::write(
+            self.dir.join("index.json"),
+            serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": self.index}))
+                .unwrap(),
+        )
+        .unwrap();
     }
 
     /// `oci:DIR:TAG`
@@ -234,7 +280,14 @@ pub struct Meta {
 
 impl Default for Meta {
     fn default() -> Self {
-        Meta { mode: 0o644, uid: 0, gid: 0, mtime: 1_700_000_000, mtime_nanos: None, xattrs: Vec::new() }
+        Meta {
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: 1_700_000_000,
+            mtime_nanos: None,
+            xattrs: Vec::new(),
+        }
     }
 }
 
@@ -248,13 +301,18 @@ impl TarBuilder {
     fn pax(&mut self, m: &Meta) {
         let mut recs: Vec<(String, Vec<u8>)> = Vec::new();
         if let Some(ns) = m.mtime_nanos {
-            recs.push(("mtime".into(), format!("{}.{:09}", m.mtime, ns).into_bytes()));
+            recs.push((
+                "mtime".into(),
+                format!("{}.{:09}", m.mtime, ns).into_bytes(),
+            ));
         }
         for (k, v) in &m.xattrs {
             recs.push((format!("SCHILY.xattr.{k}"), v.clone()));
         }
         if !recs.is_empty() {
-            self.b.append_pax_extensions(recs.iter().map(|(k, v)| (k.as_str(), v.as_slice()))).unwrap();
+            self.b
+                .append_pax_extensions(recs.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+                .unwrap();
         }
     }
 
@@ -296,7 +354,14 @@ impl TarBuilder {
         self
     }
 
-    pub fn special(&mut self, path: &str, kind: tar::EntryType, major: u32, minor: u32, m: &Meta) -> &mut Self {
+    pub fn special(
+        &mut self,
+        path: &str,
+        kind: tar::EntryType,
+        major: u32,
+        minor: u32,
+        m: &Meta,
+    ) -> &mut Self {
         self.pax(m);
         let mut h = Self::header(kind, m, 0);
         h.set_device_major(major).unwrap();
@@ -306,7 +371,13 @@ impl TarBuilder {
     }
 
     /// Appends a header with a raw name (no validation), for hostile layers.
-    pub fn raw_entry(&mut self, name: &[u8], kind: tar::EntryType, link: &[u8], content: &[u8]) -> &mut Self {
+    pub fn raw_entry(
+        &mut self,
+        name: &[u8],
+        kind: tar::EntryType,
+        link: &[u8],
+        content: &[u8],
+    ) -> &mut Self {
         let mut h = Self::header(kind, &Meta::default(), content.len() as u64);
         {
             let old = h.as_old_mut();
@@ -349,8 +420,17 @@ pub fn snapshot(root: &Path) -> (BTreeMap<String, Info>, BTreeMap<String, u64>) 
     (out, inodes)
 }
 
-fn walk(root: &Path, rel: &str, out: &mut BTreeMap<String, Info>, inodes: &mut BTreeMap<String, u64>) {
-    let path = if rel.is_empty() { root.to_path_buf() } else { root.join(rel) };
+fn walk(
+    root: &Path,
+    rel: &str,
+    out: &mut BTreeMap<String, Info>,
+    inodes: &mut BTreeMap<String, u64>,
+) {
+    let path = if rel.is_empty() {
+        root.to_path_buf()
+    } else {
+        root.join(rel)
+    };
     let md = std::fs::symlink_metadata(&path).unwrap();
     let ft = md.file_type();
     let kind = if ft.is_dir() {
@@ -374,7 +454,9 @@ fn walk(root: &Path, rel: &str, out: &mut BTreeMap<String, Info>, inodes: &mut B
         f.read_to_end(&mut buf).unwrap();
         Digest::of(&buf)
     });
-    let link = ft.is_symlink().then(|| std::fs::read_link(&path).unwrap().display().to_string());
+    let link = ft
+        .is_symlink()
+        .then(|| std::fs::read_link(&path).unwrap().display().to_string());
     let mut xattrs: Vec<(String, Vec<u8>)> = if ft.is_symlink() {
         Vec::new()
     } else {
@@ -399,7 +481,11 @@ fn walk(root: &Path, rel: &str, out: &mut BTreeMap<String, Info>, inodes: &mut B
             digest,
             link,
             mtime: (md.mtime(), md.mtime_nsec()),
-            rdev: if ft.is_char_device() || ft.is_block_device() { md.rdev() } else { 0 },
+            rdev: if ft.is_char_device() || ft.is_block_device() {
+                md.rdev()
+            } else {
+                0
+            },
             xattrs,
         },
     );
@@ -411,7 +497,11 @@ fn walk(root: &Path, rel: &str, out: &mut BTreeMap<String, Info>, inodes: &mut B
             .collect();
         names.sort();
         for n in names {
-            let child = if rel.is_empty() { n } else { format!("{rel}/{n}") };
+            let child = if rel.is_empty() {
+                n
+            } else {
+                format!("{rel}/{n}")
+            };
             walk(root, &child, out, inodes);
         }
     }
@@ -429,12 +519,18 @@ pub fn link_groups(inodes: &BTreeMap<String, u64>) -> Vec<Vec<String>> {
 }
 
 /// Compares two snapshots entry by entry, with a readable report of every difference.
-pub fn assert_same_tree(expected: &BTreeMap<String, Info>, actual: &BTreeMap<String, Info>, what: &str) {
+pub fn assert_same_tree(
+    expected: &BTreeMap<String, Info>,
+    actual: &BTreeMap<String, Info>,
+    what: &str,
+) {
     let mut diffs = Vec::new();
     for (p, e) in expected {
         match actual.get(p) {
             None => diffs.push(format!("missing: {p}")),
-            Some(a) if a != e => diffs.push(format!("differs: {p}\n   expected {e:?}\n   actual   {a:?}")),
+            Some(a) if a != e => diffs.push(format!(
+                "differs: {p}\n   expected {e:?}\n   actual   {a:?}"
+            )),
             _ => {}
         }
     }
@@ -443,7 +539,12 @@ pub fn assert_same_tree(expected: &BTreeMap<String, Info>, actual: &BTreeMap<Str
             diffs.push(format!("unexpected: {p}"));
         }
     }
-    assert!(diffs.is_empty(), "{what}: {} differences:\n{}", diffs.len(), diffs.join("\n"));
+    assert!(
+        diffs.is_empty(),
+        "{what}: {} differences:\n{}",
+        diffs.len(),
+        diffs.join("\n")
+    );
 }
 
 /// A loop-mounted filesystem of a given type, unmounted and deleted on drop. Needs root and
@@ -457,7 +558,9 @@ impl LoopFs {
     /// Creates and mounts a filesystem, or returns None (after `require`) when impossible.
     pub fn new(kind: &str, size_mib: u64, base: &Path) -> Option<LoopFs> {
         let mkfs = format!("mkfs.{kind}");
-        if !require(is_root(), &format!("root (to loop-mount {kind})")) || !require(have(&mkfs), &mkfs) {
+        if !require(is_root(), &format!("root (to loop-mount {kind})"))
+            || !require(have(&mkfs), &mkfs)
+        {
             return None;
         }
         let image = base.join(format!("{kind}.img"));
@@ -473,9 +576,22 @@ impl LoopFs {
             _ => mk.args(["-q", "-F"]),
         };
         let out = mk.arg(&image).output().unwrap();
-        assert!(out.status.success(), "{mkfs} failed: {}", String::from_utf8_lossy(&out.stderr));
-        let out = Command::new("mount").args(["-o", "loop"]).arg(&image).arg(&mount).output().unwrap();
-        assert!(out.status.success(), "mount {kind} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{mkfs} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&image)
+            .arg(&mount)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mount {kind} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Some(LoopFs { mount, image })
     }
 }
@@ -489,13 +605,23 @@ impl Drop for LoopFs {
 
 /// Runs GNU tar, asserting success.
 pub fn gnu_tar(args: &[&str]) {
-    let out = Command::new("tar").args(args).output().expect("running tar");
-    assert!(out.status.success(), "tar {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("tar")
+        .args(args)
+        .output()
+        .expect("running tar");
+    assert!(
+        out.status.success(),
+        "tar {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Deterministic pseudo-random bytes (xorshift), so fixtures do not compress to nothing.
 pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) | 1;
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407)
+        | 1;
     (0..len)
         .map(|_| {
             x ^= x << 13;
@@ -513,9 +639,15 @@ pub fn near_identical_tar(i: usize, files: usize, size: usize) -> Vec<u8> {
     let meta = Meta::default();
     t.dir("usr", &meta).dir("usr/lib", &meta);
     for f in 0..files {
-        t.file(&format!("usr/lib/file{f:03}.bin"), &pseudo_random(size, f as u64 + 1), &meta);
+        t.file(
+            &format!("usr/lib/file{f:03}.bin"),
+            &pseudo_random(size, f as u64 + 1),
+            &meta,
+        );
     }
-    t.dir("var", &meta).dir("var/www", &meta).dir("var/www/html", &meta);
+    t.dir("var", &meta)
+        .dir("var/www", &meta)
+        .dir("var/www/html", &meta);
     t.file(
         "var/www/html/index.html",
         format!("<!DOCTYPE html>\n<html><body><h1>Container #{i}</h1></body></html>\n").as_bytes(),
@@ -525,7 +657,13 @@ pub fn near_identical_tar(i: usize, files: usize, size: usize) -> Vec<u8> {
 }
 
 /// Adds `count` near-identical single-layer images tagged c0… to a layout.
-pub fn near_identical_images(layout: &mut Layout, count: usize, files: usize, size: usize, c: Compression) {
+pub fn near_identical_images(
+    layout: &mut Layout,
+    count: usize,
+    files: usize,
+    size: usize,
+    c: Compression,
+) {
     for i in 0..count {
         layout.add_image(&format!("c{i}"), &[(near_identical_tar(i, files, size), c)]);
     }
