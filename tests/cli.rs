@@ -141,7 +141,7 @@ fn index_selects_the_platform() {
     let mut layout = Layout::new(&tmp.path().join("layout"));
     let amd = layout.add_image("amd", &[(near_identical_tar(1, 1, 100), Compression::None)]);
     let arm = layout.add_image("arm", &[(near_identical_tar(2, 1, 100), Compression::None)]);
-    let manifest_size = |d: &zstore::digest::Digest| {
+    let manifest_size = |d: &Digest| {
         std::fs::metadata(layout.dir.join("blobs/sha256").join(d.hex()))
             .unwrap()
             .len()

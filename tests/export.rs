@@ -98,7 +98,7 @@ fn export_reproduces_every_layer_byte_for_byte() {
         assert_eq!(exported.len(), tar.len(), "{what}: length");
         assert!(exported == *tar, "{what}: bytes differ");
         assert_eq!(
-            zstore::digest::Digest::of(&exported),
+            Digest::of(&exported),
             added.diff_ids[i],
             "{what}: DiffID"
         );
