@@ -1,8 +1,9 @@
 //! Pause points for tests of concurrency and crash safety.
 //!
-//! When `ZSTORE_TEST_HOOK_DIR` is set, reaching a named point creates `<dir>/<point>.reached`
-//! and waits until `<dir>/<point>.continue` exists (or `<dir>/<point>.abort`, which exits the
-//! process at once, as a crash would). Without the variable this is a single env lookup.
+//! When `ZSTORE_TEST_HOOK_DIR` is set and the point is listed in `ZSTORE_TEST_HOOK_POINTS`
+//! (comma-separated), reaching it creates `<dir>/<point>.reached` and waits until
+//! `<dir>/<point>.continue` exists (or `<dir>/<point>.abort`, which ends the process at once,
+//! as a crash would). Without the variables this is a single env lookup.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -15,6 +16,10 @@ pub fn pause(point: &str) {
     let Some(dir) = std::env::var_os("ZSTORE_TEST_HOOK_DIR").map(PathBuf::from) else {
         return;
     };
+    let armed = std::env::var("ZSTORE_TEST_HOOK_POINTS").unwrap_or_default();
+    if !armed.split(',').any(|p| p == point) {
+        return;
+    }
     let _ = std::fs::write(
         dir.join(format!("{point}.reached")),
         std::process::id().to_string(),

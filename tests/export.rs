@@ -97,11 +97,7 @@ fn export_reproduces_every_layer_byte_for_byte() {
         let exported = std::fs::read(&out).unwrap();
         assert_eq!(exported.len(), tar.len(), "{what}: length");
         assert!(exported == *tar, "{what}: bytes differ");
-        assert_eq!(
-            Digest::of(&exported),
-            added.diff_ids[i],
-            "{what}: DiffID"
-        );
+        assert_eq!(Digest::of(&exported), added.diff_ids[i], "{what}: DiffID");
     }
     // To stdout as well.
     let out = zs

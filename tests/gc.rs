@@ -135,6 +135,7 @@ fn gc_during_a_pull_waits_and_loses_nothing() {
         .cmd()
         .args(["pull", &layout.source("new"), "--json"])
         .env("ZSTORE_TEST_HOOK_DIR", &hooks)
+        .env("ZSTORE_TEST_HOOK_POINTS", "pull-before-publish")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -158,7 +159,6 @@ fn gc_during_a_pull_waits_and_loses_nothing() {
     );
     // gc is blocked now; the pull completes first.
     release_hook(&hooks, "pull-before-publish");
-    release_hook(&hooks, "pull-before-commit");
     let pull_out = pull.wait_with_output().unwrap();
     assert!(
         pull_out.status.success(),

@@ -183,3 +183,37 @@ fn hardlink_across_filesystems_fails_clearly_and_auto_copies() {
     let r = zs.json(&["checkout", &src, auto.to_str().unwrap()]);
     assert_eq!(r["copied"], 8, "{r}");
 }
+
+#[test]
+fn hardlink_checkout_survives_the_link_limit() {
+    // ext4 allows 65000 links per inode: 65100 files with the same content and metadata
+    // exhaust one variant; the rest get their own copies instead of failing.
+    let base = tempfile::tempdir().unwrap();
+    let Some(fs) = LoopFs::new("ext4", 256, base.path()) else {
+        return;
+    };
+    let mut t = TarBuilder::new();
+    let meta = Meta::default();
+    t.dir("d", &meta);
+    for i in 0..65_100 {
+        t.file(&format!("d/{i}"), b"same", &meta);
+    }
+    let mut layout = Layout::new(&base.path().join("layout"));
+    layout.add_image("many", &[(t.finish(), Compression::Zstd)]);
+    let zs = Zs::new(&fs.mount.join("store"));
+    zs.ok(&["pull", &layout.source("many")]);
+    let dest = fs.mount.join("co");
+    let r = zs.json(&[
+        "checkout",
+        &layout.source("many"),
+        dest.to_str().unwrap(),
+        "--mode",
+        "hardlink",
+    ]);
+    assert_eq!(r["files"], 65_100, "{r}");
+    let linked = r["hardlinked"].as_u64().unwrap();
+    let copied = r["copied"].as_u64().unwrap();
+    assert_eq!(linked + copied, 65_100, "{r}");
+    assert!(copied >= 100, "the link limit was reached and handled: {r}");
+    assert_eq!(std::fs::read(dest.join("d/65099")).unwrap(), b"same");
+}

@@ -15,11 +15,20 @@ impl Zstore<'_> {
     /// Runs zstore, echoing the command line; returns stdout.
     fn run(&self, args: &[&str]) -> anyhow::Result<String> {
         println!("\n$ zstore {}", args.join(" "));
-        let out = Command::new(self.bin).arg("--root").arg(self.root).args(args).output().context("running zstore")?;
+        let out = Command::new(self.bin)
+            .arg("--root")
+            .arg(self.root)
+            .args(args)
+            .output()
+            .context("running zstore")?;
         eprint!("{}", String::from_utf8_lossy(&out.stderr));
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         if !out.status.success() {
-            bail!("zstore {} failed ({})\n{stdout}", args.join(" "), out.status);
+            bail!(
+                "zstore {} failed ({})\n{stdout}",
+                args.join(" "),
+                out.status
+            );
         }
         Ok(stdout)
     }
@@ -28,7 +37,8 @@ impl Zstore<'_> {
         let mut a = args.to_vec();
         a.push("--json");
         let out = self.run(&a)?;
-        serde_json::from_str(&out).with_context(|| format!("parsing the output of zstore {}", args.join(" ")))
+        serde_json::from_str(&out)
+            .with_context(|| format!("parsing the output of zstore {}", args.join(" ")))
     }
 }
 
@@ -48,11 +58,23 @@ pub fn run(_args: &[String]) -> anyhow::Result<()> {
 
 fn demo(bin: &Path, tmp: &Path) -> anyhow::Result<()> {
     let (files, size) = (200usize, 100 * 1024usize);
-    println!("== building two near-identical images ({files} files of {} each, differing in one file)", mib(size as u64));
+    println!(
+        "== building two near-identical images ({files} files of {} each, differing in one file)",
+        mib(size as u64)
+    );
     let mut layout = Layout::new(&tmp.join("images"));
-    layout.add_image("v1", &[(near_identical_tar(1, files, size), Compression::Gzip)]);
-    layout.add_image("v2", &[(near_identical_tar(2, files, size), Compression::Zstd)]);
-    let zs = Zstore { bin, root: &tmp.join("store") };
+    layout.add_image(
+        "v1",
+        &[(near_identical_tar(1, files, size), Compression::Gzip)],
+    );
+    layout.add_image(
+        "v2",
+        &[(near_identical_tar(2, files, size), Compression::Zstd)],
+    );
+    let zs = Zstore {
+        bin,
+        root: &tmp.join("store"),
+    };
 
     let v1 = zs.json(&["pull", &layout.source("v1")])?;
     let v2 = zs.json(&["pull", &layout.source("v2")])?;
@@ -74,16 +96,32 @@ fn demo(bin: &Path, tmp: &Path) -> anyhow::Result<()> {
     );
 
     let dest = tmp.join("v2-root");
-    let co = zs.json(&["checkout", &layout.source("v2"), dest.to_str().unwrap_or_default(), "--mode", "hardlink"])?;
-    println!("checkout: {} files, {} hardlinked to the store", co["files"], co["hardlinked"]);
+    let co = zs.json(&[
+        "checkout",
+        &layout.source("v2"),
+        dest.to_str().unwrap_or_default(),
+        "--mode",
+        "hardlink",
+    ])?;
+    println!(
+        "checkout: {} files, {} hardlinked to the store",
+        co["files"], co["hardlinked"]
+    );
     let html = std::fs::read_to_string(dest.join("var/www/html/index.html"))?;
     println!("{}", html.trim());
 
     let fsck = zs.json(&["fsck"])?;
-    println!("fsck: {} object files verified, {} problems", fsck["objects_checked"], fsck["errors"].as_array().map_or(0, Vec::len));
+    println!(
+        "fsck: {} object files verified, {} problems",
+        fsck["objects_checked"],
+        fsck["errors"].as_array().map_or(0, Vec::len)
+    );
     zs.run(&["rm", &layout.source("v1")])?;
     let gc = zs.json(&["gc"])?;
-    println!("gc after removing v1: {} objects removed (only v1's own file)", gc["removed_objects"]);
+    println!(
+        "gc after removing v1: {} objects removed (only v1's own file)",
+        gc["removed_objects"]
+    );
     println!("\ndemo finished; everything it made is being removed");
     Ok(())
 }

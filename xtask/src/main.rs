@@ -35,7 +35,10 @@ fn main() {
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 /// Builds the zstore binary in release mode and returns its path.
@@ -43,13 +46,22 @@ pub fn build_zstore() -> anyhow::Result<PathBuf> {
     let root = workspace_root();
     eprintln!("== building zstore (release)");
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "--package", "zstore", "--bin", "zstore"])
+        .args([
+            "build",
+            "--release",
+            "--package",
+            "zstore",
+            "--bin",
+            "zstore",
+        ])
         .current_dir(&root)
         .status()
         .context("running cargo build")?;
     if !status.success() {
         bail!("cargo build failed");
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
     Ok(target.join("release").join("zstore"))
 }
