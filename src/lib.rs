@@ -10,6 +10,7 @@
 //!
 //! The library has no CLI concerns: the `zstore` binary parses arguments and renders output.
 
+pub mod chunked;
 pub mod db;
 pub mod digest;
 pub mod image;

@@ -10,6 +10,7 @@ mod inspect;
 pub mod output;
 mod progress;
 mod pull;
+mod push;
 mod rm;
 
 use std::path::PathBuf;
@@ -47,6 +48,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     Pull(pull::Args),
+    Push(push::Args),
     Images(images::Args),
     Inspect(inspect::Args),
     Checkout(checkout::Args),
@@ -99,6 +101,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
     };
     match cli.command {
         Command::Pull(a) => pull::run(&ctx, a),
+        Command::Push(a) => push::run(&ctx, a),
         Command::Images(a) => images::run(&ctx, a),
         Command::Inspect(a) => inspect::run(&ctx, a),
         Command::Checkout(a) => checkout::run(&ctx, a),

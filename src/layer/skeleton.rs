@@ -3,7 +3,7 @@
 //! references to entries whose content lives in the object store. With the objects it rebuilds
 //! the uncompressed tar byte for byte.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 
 use serde::{Deserialize, Serialize};
 
@@ -90,39 +90,111 @@ impl Skeleton {
         Ok(())
     }
 
-    /// Writes the tar: raw segments as they are, payloads from `open` (which opens the object
+    /// Streams the tar: raw segments as they are, payloads from `open` (which opens the object
     /// holding an entry's content). Each object must hold exactly the entry's size.
-    pub fn write_tar<W: Write, R: Read>(
-        &self,
-        entries: &[Entry],
-        mut open: impl FnMut(&Entry) -> io::Result<R>,
-        out: &mut W,
-    ) -> Result<u64, SkeletonError> {
-        let mut written = 0u64;
-        for seg in &self.segments {
-            match seg {
-                Segment::Raw(b) => {
-                    out.write_all(b)?;
-                    written += b.len() as u64;
-                }
-                Segment::Payload(i) => {
-                    let e = entries
-                        .get(*i as usize)
-                        .ok_or(SkeletonError::BadEntry(*i))?;
-                    let r = open(e)?;
-                    let n = io::copy(&mut r.take(e.size + 1), out)?;
-                    if n != e.size {
-                        return Err(SkeletonError::SizeMismatch {
-                            path: e.display_path(),
-                            expected: e.size,
-                            actual: n,
-                        });
-                    }
-                    written += n;
-                }
-            }
+    pub fn reader<'a, R: Read + 'a>(
+        &'a self,
+        entries: &'a [Entry],
+        open: impl FnMut(&Entry) -> io::Result<R> + 'a,
+    ) -> SkeletonReader<'a, R, impl FnMut(&Entry) -> io::Result<R> + 'a> {
+        SkeletonReader {
+            segments: self.segments.iter(),
+            entries,
+            open,
+            current: Current::None,
         }
-        Ok(written)
+    }
+}
+
+enum Current<'a, R> {
+    None,
+    Raw(&'a [u8]),
+    Payload {
+        reader: R,
+        left: u64,
+        path: String,
+        size: u64,
+    },
+}
+
+/// The tar of a skeleton, as a reader (see [`Skeleton::reader`]).
+pub struct SkeletonReader<'a, R, F> {
+    segments: std::slice::Iter<'a, Segment>,
+    entries: &'a [Entry],
+    open: F,
+    current: Current<'a, R>,
+}
+
+impl<R: Read, F: FnMut(&Entry) -> io::Result<R>> Read for SkeletonReader<'_, R, F> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            match &mut self.current {
+                Current::Raw(rest) if !rest.is_empty() => {
+                    let n = rest.len().min(buf.len());
+                    buf[..n].copy_from_slice(&rest[..n]);
+                    *rest = &rest[n..];
+                    return Ok(n);
+                }
+                Current::Payload {
+                    reader,
+                    left,
+                    path,
+                    size,
+                } if *left > 0 => {
+                    let want = buf.len().min(*left as usize);
+                    let n = reader.read(&mut buf[..want])?;
+                    if n == 0 {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            SkeletonError::SizeMismatch {
+                                path: path.clone(),
+                                expected: *size,
+                                actual: *size - *left,
+                            }
+                            .to_string(),
+                        ));
+                    }
+                    *left -= n as u64;
+                    return Ok(n);
+                }
+                Current::Payload {
+                    reader, path, size, ..
+                } => {
+                    // The object must end where the entry does.
+                    let mut probe = [0u8; 1];
+                    if reader.read(&mut probe)? != 0 {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!(
+                                "object for {path} holds more than the {size} bytes the layer says"
+                            ),
+                        ));
+                    }
+                }
+                _ => {}
+            }
+            self.current = match self.segments.next() {
+                None => return Ok(0),
+                Some(Segment::Raw(b)) => Current::Raw(b),
+                Some(Segment::Payload(i)) => {
+                    let e = self.entries.get(*i as usize).ok_or_else(|| {
+                        io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            SkeletonError::BadEntry(*i).to_string(),
+                        )
+                    })?;
+                    Current::Payload {
+                        reader: (self.open)(e)?,
+                        left: e.size,
+                        path: e.display_path(),
+                        size: e.size,
+                    }
+                }
+            };
+        }
     }
 }
 
@@ -155,6 +227,10 @@ mod tests {
         assert!(matches!(s.tar_size(&[]), Err(SkeletonError::BadEntry(7))));
         assert!(s.validate(&[]).is_err());
         let mut out = Vec::new();
-        assert!(s.write_tar(&[], |_| Ok(io::empty()), &mut out).is_err());
+        assert!(
+            s.reader(&[], |_| Ok(io::empty()))
+                .read_to_end(&mut out)
+                .is_err()
+        );
     }
 }

@@ -72,12 +72,16 @@ pub struct TarHeader {
     pub link_name: Vec<u8>,
     /// The header's type flag, with `'\0'` and `'7'` normalised to `'0'`.
     pub typeflag: u8,
+    /// The raw header mode field (producers may include file-type bits; mask with `0o7777`).
     pub mode: u32,
     pub uid: u64,
     pub gid: u64,
     /// Payload size in the archive.
     pub size: u64,
     pub mtime: Timestamp,
+    /// Access and change times, from PAX records or GNU header fields, when present.
+    pub atime: Option<Timestamp>,
+    pub ctime: Option<Timestamp>,
     pub dev_major: u32,
     pub dev_minor: u32,
     /// Extended attributes from `SCHILY.xattr.*` PAX records, in archive order.
@@ -100,6 +104,8 @@ struct Extensions {
     uid: Option<u64>,
     gid: Option<u64>,
     mtime: Option<Timestamp>,
+    atime: Option<Timestamp>,
+    ctime: Option<Timestamp>,
     xattrs: Vec<(Vec<u8>, Vec<u8>)>,
     sparse: bool,
 }
@@ -299,6 +305,16 @@ impl<R: Read> TarReader<R> {
             parse_number(&block[range]).ok_or(TarError::Number { field, offset })
         };
         let is_ustar = &block[257..263] == b"ustar\0";
+        let is_gnu = &block[257..265] == b"ustar  \0";
+        // GNU headers keep atime and ctime where ustar has its prefix.
+        let gnu_time = |range: std::ops::Range<usize>| {
+            if !is_gnu {
+                return None;
+            }
+            parse_signed(&block[range])
+                .filter(|&t| t != 0)
+                .map(|secs| Timestamp { secs, nanos: 0 })
+        };
         let mut name = trim_nul(&block[0..100]).to_vec();
         if is_ustar {
             let prefix = trim_nul(&block[345..500]);
@@ -343,7 +359,10 @@ impl<R: Read> TarReader<R> {
             name,
             link_name,
             typeflag,
-            mode: (mode & 0o7777) as u32,
+            mode: u32::try_from(mode).map_err(|_| TarError::Number {
+                field: "mode",
+                offset,
+            })?,
             uid: match ext.uid {
                 Some(v) => v,
                 None => num(108..116, "uid")?,
@@ -366,6 +385,8 @@ impl<R: Read> TarReader<R> {
                     nanos: 0,
                 },
             },
+            atime: ext.atime.or_else(|| gnu_time(345..357)),
+            ctime: ext.ctime.or_else(|| gnu_time(357..369)),
             dev_major: dev(329..337, "devmajor")?,
             dev_minor: dev(337..345, "devminor")?,
             xattrs: ext.xattrs,
@@ -539,6 +560,8 @@ fn parse_pax(data: &[u8], ext: &mut Extensions, offset: u64) -> Result<(), TarEr
             b"uid" => ext.uid = Some(number(value)?),
             b"gid" => ext.gid = Some(number(value)?),
             b"mtime" => ext.mtime = Some(parse_pax_time(value).ok_or(TarError::Pax(offset))?),
+            b"atime" => ext.atime = Some(parse_pax_time(value).ok_or(TarError::Pax(offset))?),
+            b"ctime" => ext.ctime = Some(parse_pax_time(value).ok_or(TarError::Pax(offset))?),
             k if k.starts_with(b"SCHILY.xattr.") => {
                 let name = k[b"SCHILY.xattr.".len()..].to_vec();
                 ext.xattrs.retain(|(n, _)| *n != name);

@@ -26,6 +26,19 @@ pub enum ExportError {
     Store(#[from] StoreError),
 }
 
+/// Opens the object holding an entry's content.
+pub fn open_entry(store: &Store, e: &crate::layer::entry::Entry) -> std::io::Result<std::fs::File> {
+    let d = e
+        .digest
+        .ok_or_else(|| std::io::Error::other(format!("{} has no digest", e.display_path())))?;
+    store.open_object(&d).map_err(|err| {
+        std::io::Error::new(
+            err.kind(),
+            format!("object {d} for {}: {err}", e.display_path()),
+        )
+    })
+}
+
 /// Writes layer `index` of image `query` to `out`. Fails (after writing) if the rebuilt tar
 /// does not hash to the DiffID; callers writing to a file write to a temp file first.
 pub fn export_layer(
@@ -57,20 +70,8 @@ pub fn export_layer(
         (layer.diff_id, toc, skeleton)
     };
     let mut hashing = HashingWriter::new(out);
-    let bytes = skeleton
-        .write_tar(
-            &toc,
-            |e| {
-                let d = e
-                    .digest
-                    .ok_or_else(|| std::io::Error::other("entry without digest"))?;
-                store
-                    .open_object(&d)
-                    .map_err(|err| std::io::Error::new(err.kind(), format!("object {d}: {err}")))
-            },
-            &mut hashing,
-        )
-        .map_err(StoreError::from)?;
+    let mut tar = skeleton.reader(&toc, |e| open_entry(store, e));
+    let bytes = std::io::copy(&mut tar, &mut hashing).ctx(|| "rebuilding the tar".to_string())?;
     hashing.flush().ctx(|| "writing the tar".to_string())?;
     let (actual, _, _) = hashing.finish();
     if actual != diff_id {

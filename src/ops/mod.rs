@@ -2,4 +2,6 @@
 
 pub mod export;
 pub mod images;
+pub mod layer_import;
 pub mod pull;
+pub mod push;

@@ -5,17 +5,21 @@
 //! whole image checked out, then they are published and the database commits.
 
 use std::collections::HashMap;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io;
 
 use serde::Serialize;
 
+use crate::chunked::ChunkedError;
+use crate::chunked::annotations::ChunkedAnnotations;
+use crate::chunked::reader::FileSource;
 use crate::db::{DbView, ImageLayer, ImageRecord, LayerRecord};
-use crate::digest::{Digest, HashingReader};
+use crate::digest::Digest;
 use crate::image::manifest::{self, Descriptor, LayerFormat, ManifestError, Parsed};
 use crate::image::oci_layout::{LayoutError, OciLayout};
 use crate::image::platform::Platform;
 use crate::image::reference::{Location, ReferenceError};
-use crate::layer::import::{ImportError, ImportedLayer, import_tar};
+use crate::layer::import::{ImportError, ImportedLayer};
+use crate::ops::layer_import::{import_blob, import_chunked};
 use crate::progress::Progress;
 use crate::store::staging::Staging;
 use crate::store::{LockMode, Store, StoreError};
@@ -77,6 +81,12 @@ pub enum PullError {
         index: usize,
         digest: Digest,
         source: io::Error,
+    },
+    #[error("layer {index} ({digest}): {source}")]
+    Chunked {
+        index: usize,
+        digest: Digest,
+        source: ChunkedError,
     },
     #[error("{0}")]
     Unsupported(String),
@@ -254,9 +264,30 @@ fn pull_layout(
             report.reused_files = layer.files;
             report.reused_bytes = layer.logical_bytes;
         } else {
+            let chunked = match format {
+                LayerFormat::ZstdChunked => match ChunkedAnnotations::parse(&ldesc.annotations) {
+                    Ok(a) => a,
+                    // Like containers/storage: an oversized TOC means a plain full pull.
+                    Err(ChunkedError::TooLarge { .. }) => None,
+                    Err(source) => {
+                        return Err(PullError::Chunked {
+                            index,
+                            digest: ldesc.digest,
+                            source,
+                        });
+                    }
+                },
+                _ => None,
+            };
             let blob = layout.open_blob(&ldesc.digest)?;
-            let (layer, read) =
-                import_blob(&mut staging, blob, index, ldesc, format, diff_id, progress)?;
+            let (layer, read) = match chunked {
+                Some(ann) => {
+                    let source = FileSource::new(blob);
+                    report.partial = true;
+                    import_chunked(&mut staging, store, &source, index, ldesc, &ann, diff_id)?
+                }
+                None => import_blob(&mut staging, blob, index, ldesc, format, diff_id, progress)?,
+            };
             report.fetched_bytes = read;
             fetched += read;
             report.files = layer.files;
@@ -328,108 +359,4 @@ fn pull_layout(
         reused_bytes,
         layers: reports,
     })
-}
-
-/// Counts bytes read into the progress reporter.
-struct Counting<'p, R> {
-    inner: R,
-    index: usize,
-    progress: &'p dyn Progress,
-}
-
-impl<R: Read> Read for Counting<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.progress.layer_advanced(self.index, n as u64);
-        Ok(n)
-    }
-}
-
-/// What the first bytes of a blob say it is.
-fn sniff(head: &[u8]) -> &'static str {
-    match head {
-        [0x1f, 0x8b, ..] => "gzip",
-        [0x28, 0xb5, 0x2f, 0xfd, ..] => "zstd",
-        [b, 0x2a, 0x4d, 0x18, ..] if b & 0xf0 == 0x50 => "zstd",
-        _ => "tar",
-    }
-}
-
-/// Streams one layer blob: verifies its size and digest, decompresses, imports every file,
-/// and checks the DiffID. Returns the layer and the number of blob bytes read.
-pub fn import_blob(
-    staging: &mut Staging<'_>,
-    blob: impl Read,
-    index: usize,
-    desc: &Descriptor,
-    format: LayerFormat,
-    expected_diff_id: &Digest,
-    progress: &dyn Progress,
-) -> Result<(ImportedLayer, u64), PullError> {
-    let digest = desc.digest;
-    let read_err = |source| PullError::Read {
-        index,
-        digest,
-        source,
-    };
-    let mut hashing = HashingReader::new(Counting {
-        inner: blob,
-        index,
-        progress,
-    });
-    let layer = {
-        let mut head = BufReader::with_capacity(1 << 16, &mut hashing);
-        let actual = sniff(head.fill_buf().map_err(read_err)?);
-        let declared = match format {
-            LayerFormat::Tar => "tar",
-            LayerFormat::Gzip | LayerFormat::Estargz => "gzip",
-            LayerFormat::Zstd | LayerFormat::ZstdChunked => "zstd",
-        };
-        if actual != declared {
-            return Err(PullError::FormatMismatch {
-                index,
-                digest,
-                declared: format.name(),
-                actual,
-            });
-        }
-        let result = match actual {
-            "gzip" => import_tar(flate2::read::MultiGzDecoder::new(&mut head), staging),
-            "zstd" => import_tar(
-                zstd::stream::read::Decoder::with_buffer(&mut head).map_err(read_err)?,
-                staging,
-            ),
-            _ => import_tar(&mut head, staging),
-        };
-        let layer = result.map_err(|source| match source {
-            ImportError::Tar(crate::layer::tar::TarError::Io(e)) => read_err(e),
-            source => PullError::Import {
-                index,
-                digest,
-                source,
-            },
-        })?;
-        // Whatever follows the compressed stream still counts for the blob digest.
-        io::copy(&mut head, &mut io::sink()).map_err(read_err)?;
-        layer
-    };
-    let (actual, size, _) = hashing.finish();
-    if actual != digest || size != desc.size {
-        return Err(PullError::Digest {
-            what: "layer",
-            digest,
-            expected_size: desc.size,
-            actual,
-            actual_size: size,
-        });
-    }
-    if layer.diff_id != *expected_diff_id {
-        return Err(PullError::DiffId {
-            index,
-            digest,
-            expected: *expected_diff_id,
-            actual: layer.diff_id,
-        });
-    }
-    Ok((layer, size))
 }

@@ -155,8 +155,50 @@ impl Drop for Staging<'_> {
 
 impl ObjectSink for Staging<'_> {
     fn store_file(&mut self, entry: &Entry, content: &mut dyn Read) -> io::Result<StoredFile> {
+        self.store_file_expecting(entry, content, None)
+    }
+}
+
+fn mismatch(entry: &Entry, actual: &Digest, expected: &Digest) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "content hashes to {actual}, but the layer's table of contents says {expected} ({})",
+            entry.display_path()
+        ),
+    )
+}
+
+impl Staging<'_> {
+    /// Stores a file whose digest the caller knows in advance (from a zstd:chunked TOC). The
+    /// content is verified against it; when the store already has the variant, the content is
+    /// only hashed, never written.
+    pub fn store_file_expecting(
+        &mut self,
+        entry: &Entry,
+        content: &mut dyn Read,
+        expected: Option<Digest>,
+    ) -> io::Result<StoredFile> {
         let meta = ObjectMeta::for_entry(entry, self.store.policy());
         let key = meta.key();
+        if let Some(d) = expected
+            && (self.staged.contains_key(&(d, key)) || self.store.has_variant(&d, key))
+        {
+            let (actual, n) = crate::digest::hash_reader(content.take(entry.size))?;
+            if n != entry.size {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "file content ends early",
+                ));
+            }
+            if actual != d {
+                return Err(mismatch(entry, &actual, &d));
+            }
+            return Ok(StoredFile {
+                digest: d,
+                reused: true,
+            });
+        }
         if entry.size <= IN_MEMORY_LIMIT {
             let mut buf = Vec::with_capacity(entry.size as usize);
             content.take(entry.size).read_to_end(&mut buf)?;
@@ -167,6 +209,11 @@ impl ObjectSink for Staging<'_> {
                 ));
             }
             let digest = Digest::of(&buf);
+            if let Some(e) = expected
+                && e != digest
+            {
+                return Err(mismatch(entry, &digest, &e));
+            }
             let reused = self.staged_content.contains_key(&digest)
                 || self.store.open_object(&digest).is_ok();
             if !self.staged.contains_key(&(digest, key)) && !self.store.has_variant(&digest, key) {
@@ -201,6 +248,11 @@ impl ObjectSink for Staging<'_> {
             left -= n as u64;
         }
         let digest = hasher.finish();
+        if let Some(e) = expected
+            && e != digest
+        {
+            return Err(mismatch(entry, &digest, &e));
+        }
         let reused =
             self.staged_content.contains_key(&digest) || self.store.open_object(&digest).is_ok();
         if self.staged.contains_key(&(digest, key)) || self.store.has_variant(&digest, key) {

@@ -1,0 +1,352 @@
+//! `push`: writes a stored image to an OCI image layout, re-compressing every layer from its
+//! exact tar (DiffIDs unchanged) as zstd:chunked, zstd or gzip.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::chunked::writer::{WriteError, WriteOptions, write_chunked};
+use crate::db::DbView;
+use crate::digest::{Digest, HashingReader, HashingWriter};
+use crate::image::manifest::{OCI_INDEX, OCI_MANIFEST};
+use crate::image::oci_layout::REF_NAME;
+use crate::image::reference::{Location, ReferenceError};
+use crate::ops::export::open_entry;
+use crate::progress::Progress;
+use crate::store::{LockMode, Store, StoreError};
+
+/// Layer encodings `push` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PushFormat {
+    ZstdChunked,
+    Zstd,
+    Gzip,
+}
+
+impl PushFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            PushFormat::ZstdChunked => "zstd:chunked",
+            PushFormat::Zstd => "zstd",
+            PushFormat::Gzip => "gzip",
+        }
+    }
+    fn media_type(self) -> &'static str {
+        match self {
+            PushFormat::ZstdChunked | PushFormat::Zstd => {
+                "application/vnd.oci.image.layer.v1.tar+zstd"
+            }
+            PushFormat::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
+        }
+    }
+    /// The default compression level.
+    pub fn default_level(self) -> i32 {
+        match self {
+            PushFormat::ZstdChunked => 10,
+            PushFormat::Zstd => 3,
+            PushFormat::Gzip => 6,
+        }
+    }
+}
+
+/// Options of a push.
+#[derive(Clone, Copy, Debug)]
+pub struct PushOptions {
+    pub format: PushFormat,
+    /// Compression level (default: the format's).
+    pub level: Option<i32>,
+}
+
+/// Errors of a push.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
+    #[error("layer {index}: {source}")]
+    Chunked { index: usize, source: WriteError },
+    #[error(
+        "layer {index}: the store rebuilt a tar hashing to {actual}, not the DiffID {expected} (run `zstore fsck`)"
+    )]
+    DiffId {
+        index: usize,
+        expected: Digest,
+        actual: Digest,
+    },
+    #[error("{context}: {source}")]
+    Io { context: String, source: io::Error },
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+fn io_ctx(context: impl Into<String>) -> impl FnOnce(io::Error) -> PushError {
+    let context = context.into();
+    move |source| PushError::Io { context, source }
+}
+
+/// One written layer.
+#[derive(Clone, Debug, Serialize)]
+pub struct PushedLayer {
+    pub digest: Digest,
+    pub diff_id: Digest,
+    pub media_type: String,
+    pub format: &'static str,
+    pub size: u64,
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// What a push wrote.
+#[derive(Clone, Debug, Serialize)]
+pub struct PushReport {
+    pub destination: String,
+    pub manifest_digest: Digest,
+    pub config_digest: Digest,
+    pub layers: Vec<PushedLayer>,
+    /// Bytes written (blobs, config, manifest).
+    pub pushed_bytes: u64,
+}
+
+/// Pushes image `query` to `dest` (`oci:DIR[:TAG]`).
+pub fn push(
+    store: &Store,
+    query: &str,
+    dest: &str,
+    opts: &PushOptions,
+    progress: &dyn Progress,
+) -> Result<PushReport, PushError> {
+    let (dir, tag) = match Location::parse(dest)? {
+        Location::OciLayout { dir, tag } => (dir, tag),
+        Location::Registry(r) => {
+            return Err(PushError::Unsupported(format!(
+                "cannot push to {r}: pushing to registries is not implemented yet; use oci:DIR[:TAG]"
+            )));
+        }
+    };
+    let _lock = store.lock(LockMode::Shared, progress)?;
+    let (image, layers) = {
+        let db = store.db()?;
+        let r = db.read()?;
+        let image = store.find_image(&r, query)?;
+        let mut layers = Vec::new();
+        for l in &image.layers {
+            let missing =
+                |what: &str| StoreError::Inconsistent(format!("layer {} has no {what}", l.diff_id));
+            let toc = r
+                .toc(&l.diff_id)?
+                .ok_or_else(|| missing("table of contents"))?;
+            let skeleton = r
+                .skeleton(&l.diff_id)?
+                .ok_or_else(|| missing("tar skeleton"))?;
+            layers.push((l.diff_id, toc, skeleton));
+        }
+        (image, layers)
+    };
+    let layout = LayoutWriter::create(&dir)?;
+    let level = opts.level.unwrap_or(opts.format.default_level());
+    let mut pushed = Vec::new();
+    let mut pushed_bytes = 0u64;
+    let total = layers.len();
+    for (index, (diff_id, toc, skeleton)) in layers.iter().enumerate() {
+        progress.layer_started(index, total, &diff_id.to_string(), 0);
+        let (tmp, file) = layout.temp_blob()?;
+        let written = write_layer(store, toc, skeleton, file, opts.format, level, index);
+        let (digest, size, actual_diff, annotations) = match written {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        if actual_diff != *diff_id {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(PushError::DiffId {
+                index,
+                expected: *diff_id,
+                actual: actual_diff,
+            });
+        }
+        layout.commit_blob(&tmp, &digest)?;
+        pushed_bytes += size;
+        progress.layer_finished(index, size, false);
+        pushed.push(PushedLayer {
+            digest,
+            diff_id: *diff_id,
+            media_type: opts.format.media_type().to_string(),
+            format: opts.format.name(),
+            size,
+            annotations,
+        });
+    }
+    let config_digest = layout.put_blob(&image.config)?;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_digest.to_string(),
+            "size": image.config.len(),
+        },
+        "layers": pushed.iter().map(|l| {
+            let mut d = serde_json::json!({"mediaType": l.media_type, "digest": l.digest.to_string(), "size": l.size});
+            if !l.annotations.is_empty() {
+                d["annotations"] = serde_json::json!(l.annotations);
+            }
+            d
+        }).collect::<Vec<_>>(),
+    });
+    let manifest_bytes = serde_json::to_vec(&manifest).expect("serialising a manifest cannot fail");
+    let manifest_digest = layout.put_blob(&manifest_bytes)?;
+    layout.add_to_index(manifest_digest, manifest_bytes.len() as u64, tag.as_deref())?;
+    pushed_bytes += (image.config.len() + manifest_bytes.len()) as u64;
+    Ok(PushReport {
+        destination: Location::OciLayout { dir, tag }.local_name(),
+        manifest_digest,
+        config_digest,
+        layers: pushed,
+        pushed_bytes,
+    })
+}
+
+/// Compresses one layer's tar into `file`: (blob digest, size, DiffID of the tar read,
+/// descriptor annotations).
+fn write_layer(
+    store: &Store,
+    toc: &[crate::layer::entry::Entry],
+    skeleton: &crate::layer::skeleton::Skeleton,
+    file: File,
+    format: PushFormat,
+    level: i32,
+    index: usize,
+) -> Result<(Digest, u64, Digest, BTreeMap<String, String>), PushError> {
+    let tar = skeleton.reader(toc, |e| open_entry(store, e));
+    let out = BufWriter::with_capacity(1 << 20, file);
+    Ok(match format {
+        PushFormat::ZstdChunked => {
+            let w = write_chunked(tar, out, WriteOptions { level, threads: 0 })
+                .map_err(|source| PushError::Chunked { index, source })?;
+            (w.digest, w.size, w.diff_id, w.annotations.to_map())
+        }
+        PushFormat::Zstd => {
+            let mut enc = zstd::stream::write::Encoder::new(HashingWriter::new(out), level)
+                .map_err(io_ctx("zstd"))?;
+            enc.include_checksum(true).map_err(io_ctx("zstd"))?;
+            let threads = std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1);
+            if threads > 1 {
+                enc.multithread(threads).map_err(io_ctx("zstd"))?;
+            }
+            let mut tar = HashingReader::new(tar);
+            io::copy(&mut tar, &mut enc).map_err(io_ctx("compressing the layer"))?;
+            let hashing = enc.finish().map_err(io_ctx("compressing the layer"))?;
+            let (d, n, mut inner) = hashing.finish();
+            inner.flush().map_err(io_ctx("writing the layer"))?;
+            (d, n, tar.finish().0, BTreeMap::new())
+        }
+        PushFormat::Gzip => {
+            let mut enc = flate2::write::GzEncoder::new(
+                HashingWriter::new(out),
+                flate2::Compression::new(level.clamp(0, 9) as u32),
+            );
+            let mut tar = HashingReader::new(tar);
+            io::copy(&mut tar, &mut enc).map_err(io_ctx("compressing the layer"))?;
+            let hashing = enc.finish().map_err(io_ctx("compressing the layer"))?;
+            let (d, n, mut inner) = hashing.finish();
+            inner.flush().map_err(io_ctx("writing the layer"))?;
+            (d, n, tar.finish().0, BTreeMap::new())
+        }
+    })
+}
+
+/// Writes blobs and the index of an OCI layout, creating it if needed.
+struct LayoutWriter {
+    dir: PathBuf,
+}
+
+impl LayoutWriter {
+    fn create(dir: &Path) -> Result<LayoutWriter, PushError> {
+        let blobs = dir.join("blobs").join("sha256");
+        std::fs::create_dir_all(&blobs).map_err(io_ctx(format!("creating {}", blobs.display())))?;
+        let marker = dir.join("oci-layout");
+        if !marker.exists() {
+            std::fs::write(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#)
+                .map_err(io_ctx(format!("writing {}", marker.display())))?;
+        }
+        Ok(LayoutWriter {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn temp_blob(&self) -> Result<(PathBuf, File), PushError> {
+        let blobs = self.dir.join("blobs").join("sha256");
+        for n in 0..1000u32 {
+            let p = blobs.join(format!(".tmp-{}-{n}", std::process::id()));
+            match File::create_new(&p) {
+                Ok(f) => return Ok((p, f)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(io_ctx(format!("creating a blob in {}", blobs.display()))(e)),
+            }
+        }
+        Err(PushError::Unsupported(format!(
+            "cannot create a temp file in {}",
+            blobs.display()
+        )))
+    }
+
+    fn commit_blob(&self, tmp: &Path, digest: &Digest) -> Result<(), PushError> {
+        let f = File::open(tmp).map_err(io_ctx("syncing a blob"))?;
+        f.sync_all().map_err(io_ctx("syncing a blob"))?;
+        let dest = self.dir.join("blobs").join("sha256").join(digest.hex());
+        std::fs::rename(tmp, &dest).map_err(io_ctx(format!("writing {}", dest.display())))
+    }
+
+    fn put_blob(&self, bytes: &[u8]) -> Result<Digest, PushError> {
+        let digest = Digest::of(bytes);
+        let (tmp, mut f) = self.temp_blob()?;
+        f.write_all(bytes).map_err(io_ctx("writing a blob"))?;
+        drop(f);
+        self.commit_blob(&tmp, &digest)?;
+        Ok(digest)
+    }
+
+    /// Adds the manifest to `index.json`, replacing an entry with the same tag.
+    fn add_to_index(&self, digest: Digest, size: u64, tag: Option<&str>) -> Result<(), PushError> {
+        let path = self.dir.join("index.json");
+        let mut index: serde_json::Value = match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| {
+                PushError::Unsupported(format!("{} is not valid JSON: {e}", path.display()))
+            })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                serde_json::json!({"schemaVersion": 2, "manifests": []})
+            }
+            Err(e) => return Err(io_ctx(format!("reading {}", path.display()))(e)),
+        };
+        index["mediaType"] = serde_json::json!(OCI_INDEX);
+        let manifests = index["manifests"].as_array_mut().ok_or_else(|| {
+            PushError::Unsupported(format!("{} has no manifests array", path.display()))
+        })?;
+        if let Some(t) = tag {
+            manifests.retain(|m| m["annotations"][REF_NAME].as_str() != Some(t));
+        }
+        let mut entry = serde_json::json!({"mediaType": OCI_MANIFEST, "digest": digest.to_string(), "size": size});
+        if let Some(t) = tag {
+            entry["annotations"] = serde_json::json!({ REF_NAME: t });
+        }
+        manifests.push(entry);
+        let tmp = self
+            .dir
+            .join(format!(".index.json.tmp-{}", std::process::id()));
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec(&index).expect("serialising an index cannot fail"),
+        )
+        .map_err(io_ctx(format!("writing {}", tmp.display())))?;
+        std::fs::rename(&tmp, &path).map_err(io_ctx(format!("writing {}", path.display())))
+    }
+}
