@@ -265,12 +265,15 @@ fn file_piece(f: &TocEntry) -> Piece {
     }
 }
 
+/// Opens a file's content from the store, if it has it.
+type LocalFiles<'a> = Box<dyn Fn(&Digest) -> Option<File> + 'a>;
+
 /// Streams the tar rebuilt from pieces. `local` opens a file's content when the store has it.
 pub struct TarStream<'a> {
     pieces: std::vec::IntoIter<Piece>,
     current: Option<Box<dyn Read + Send + 'a>>,
     source: &'a dyn RangeSource,
-    local: Box<dyn Fn(&Digest) -> Option<File> + 'a>,
+    local: LocalFiles<'a>,
 }
 
 impl<'a> TarStream<'a> {
