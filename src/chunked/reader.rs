@@ -10,6 +10,8 @@ use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use base64::Engine;
+
 use crate::chunked::ChunkedError;
 use crate::chunked::annotations::{ChunkedAnnotations, MAX_TAR_SPLIT_SIZE, MAX_TOC_SIZE};
 use crate::chunked::frames::SKIPPABLE_HEADER;
@@ -204,6 +206,13 @@ impl ChunkedLayer {
         let mut out = Vec::new();
         match &self.tar_split {
             Some(split) => {
+                // With a tar-split, TOC names must be unique (it refers to files by name).
+                let mut names = std::collections::HashSet::new();
+                for e in self.toc.entries.iter().filter(|e| e.kind != "chunk") {
+                    if !names.insert(e.name.as_str()) {
+                        return Err(ChunkedError::Corrupt(format!("the TOC lists {:?} twice", e.name)));
+                    }
+                }
                 let mut by_name: HashMap<&str, &TocEntry> = HashMap::new();
                 for f in &files {
                     if by_name.insert(f.name.as_str(), f).is_some() {
@@ -418,6 +427,19 @@ pub fn check_toc_matches(toc: &Toc, entries: &[Entry]) -> Result<(), ChunkedErro
         };
         if !link_ok {
             return Err(bad("the link target"));
+        }
+        if matches!(e.kind, EntryKind::CharDevice | EntryKind::BlockDevice)
+            && (t.dev_major != i64::from(e.dev_major) || t.dev_minor != i64::from(e.dev_minor))
+        {
+            return Err(bad("the device numbers"));
+        }
+        let xattrs_match = t.xattrs.len() == e.xattrs.len()
+            && t.xattrs.iter().all(|(k, v)| {
+                let value = base64::engine::general_purpose::STANDARD.decode(v).ok();
+                e.xattrs.get(k.as_bytes()).map(Vec::as_slice) == value.as_deref()
+            });
+        if !xattrs_match {
+            return Err(bad("the xattrs"));
         }
         if let Some(m) = t.modtime
             && m.secs != 0
