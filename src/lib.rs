@@ -17,6 +17,7 @@ pub mod image;
 pub mod layer;
 pub mod ops;
 pub mod progress;
+pub mod registry;
 pub mod store;
 pub mod sys;
 #[doc(hidden)]
