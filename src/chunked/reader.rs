@@ -210,7 +210,10 @@ impl ChunkedLayer {
                 let mut names = std::collections::HashSet::new();
                 for e in self.toc.entries.iter().filter(|e| e.kind != "chunk") {
                     if !names.insert(e.name.as_str()) {
-                        return Err(ChunkedError::Corrupt(format!("the TOC lists {:?} twice", e.name)));
+                        return Err(ChunkedError::Corrupt(format!(
+                            "the TOC lists {:?} twice",
+                            e.name
+                        )));
                     }
                 }
                 let mut by_name: HashMap<&str, &TocEntry> = HashMap::new();

@@ -11,6 +11,7 @@ pub mod output;
 mod progress;
 mod pull;
 mod push;
+mod registry_args;
 mod rm;
 
 use std::path::PathBuf;

@@ -5,12 +5,13 @@ use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, Read};
 
 use crate::chunked::annotations::ChunkedAnnotations;
-use crate::chunked::reader::{ChunkedLayer, RangeSource, TarStream, check_toc_matches};
+use crate::chunked::reader::{ChunkedLayer, Piece, TarStream, check_toc_matches};
 use crate::digest::{Digest, HashingReader};
 use crate::image::manifest::{Descriptor, LayerFormat};
 use crate::layer::entry::{Entry, normalize_path};
 use crate::layer::import::{ImportError, ImportedLayer, ObjectSink, StoredFile, import_tar};
 use crate::ops::pull::PullError;
+use crate::ops::source::PrefetchSource;
 use crate::progress::Progress;
 use crate::store::Store;
 use crate::store::staging::Staging;
@@ -151,19 +152,28 @@ impl ObjectSink for ExpectingSink<'_, '_> {
     }
 }
 
+/// What [`import_chunked`] did.
+pub enum ChunkedOutcome {
+    Imported(ImportedLayer),
+    /// More than the given fraction of the blob is missing: the caller downloads it whole.
+    MostlyMissing,
+}
+
 /// Imports a zstd:chunked layer from a random-access source: reads and authenticates the TOC
-/// (and tar-split), rebuilds the tar from the store's files and the missing files' ranges, and
-/// verifies every file, the TOC/tar agreement and the DiffID. Returns the layer and the bytes
-/// read from the source.
+/// (and tar-split), fetches the ranges of files the store lacks (and, for legacy layers, the
+/// header frames between files), rebuilds the tar and verifies every file, the TOC/tar
+/// agreement and the DiffID.
+#[allow(clippy::too_many_arguments)]
 pub fn import_chunked(
     staging: &mut Staging<'_>,
     store: &Store,
-    source: &dyn RangeSource,
+    source: &dyn PrefetchSource,
     index: usize,
     desc: &Descriptor,
     ann: &ChunkedAnnotations,
     expected_diff_id: &Digest,
-) -> Result<(ImportedLayer, u64), PullError> {
+    whole_above: Option<f64>,
+) -> Result<ChunkedOutcome, PullError> {
     let digest = desc.digest;
     let chunked_err = |source| PullError::Chunked {
         index,
@@ -172,6 +182,27 @@ pub fn import_chunked(
     };
     let layer = ChunkedLayer::open(source, ann, desc.size).map_err(chunked_err)?;
     let pieces = layer.pieces().map_err(chunked_err)?;
+    let wanted: Vec<std::ops::Range<u64>> = pieces
+        .iter()
+        .filter_map(|p| match p {
+            Piece::Frames(r) => Some(r.clone()),
+            Piece::File { digest, range, .. } if store.open_object(digest).is_err() => {
+                Some(range.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    let missing: u64 = wanted.iter().map(|r| r.end - r.start).sum();
+    if let Some(fraction) = whole_above
+        && missing as f64 > fraction * desc.size as f64
+    {
+        return Ok(ChunkedOutcome::MostlyMissing);
+    }
+    source.prefetch(&wanted).map_err(|e| PullError::Read {
+        index,
+        digest,
+        source: e,
+    })?;
     let expected = layer
         .toc
         .files(layer.data_end)
@@ -199,5 +230,5 @@ pub fn import_chunked(
             actual: imported.diff_id,
         });
     }
-    Ok((imported, source.bytes_read()))
+    Ok(ChunkedOutcome::Imported(imported))
 }

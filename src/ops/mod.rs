@@ -5,3 +5,4 @@ pub mod images;
 pub mod layer_import;
 pub mod pull;
 pub mod push;
+pub mod source;

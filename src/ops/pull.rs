@@ -11,7 +11,6 @@ use serde::Serialize;
 
 use crate::chunked::ChunkedError;
 use crate::chunked::annotations::ChunkedAnnotations;
-use crate::chunked::reader::FileSource;
 use crate::db::{DbView, ImageLayer, ImageRecord, LayerRecord};
 use crate::digest::Digest;
 use crate::image::manifest::{self, Descriptor, LayerFormat, ManifestError, Parsed};
@@ -19,17 +18,41 @@ use crate::image::oci_layout::{LayoutError, OciLayout};
 use crate::image::platform::Platform;
 use crate::image::reference::{Location, ReferenceError};
 use crate::layer::import::{ImportError, ImportedLayer};
-use crate::ops::layer_import::{import_blob, import_chunked};
+use crate::ops::layer_import::{ChunkedOutcome, import_blob, import_chunked};
+use crate::ops::source::{ImageSource, LayoutSource, RegistryImage};
 use crate::progress::Progress;
+use crate::registry::auth::{AuthFileError, lookup as lookup_credentials};
+use crate::registry::client::{ClientOptions, Registry, RegistryError};
 use crate::store::staging::Staging;
-use crate::store::{LockMode, Store, StoreError};
+use crate::store::{IoContext, LockMode, Store, StoreError};
+
+/// When zstd:chunked layers are read by ranges.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Partial {
+    /// By ranges unless most of a remote layer is missing (then one whole-blob stream).
+    #[default]
+    Auto,
+    /// Always by ranges.
+    Always,
+    /// Never: zstd:chunked layers are streamed whole like plain zstd.
+    Never,
+}
 
 /// Options of a pull.
 #[derive(Clone, Debug, Default)]
 pub struct PullOptions {
     /// Platform to select from an index (default: the host's).
     pub platform: Option<Platform>,
+    pub partial: Partial,
+    /// How to reach a registry.
+    pub client: ClientOptions,
+    /// Auth file to read credentials from (else the usual places).
+    pub authfile: Option<std::path::PathBuf>,
 }
+
+/// A remote zstd:chunked layer missing more than this fraction of its blob is downloaded
+/// whole in one stream: faster than ranges, and the blob digest is then checked too.
+pub const AUTO_WHOLE_FRACTION: f64 = 0.6;
 
 /// Errors of a pull.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +67,10 @@ pub enum PullError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Db(#[from] crate::db::DbError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    AuthFile(#[from] AuthFileError),
     #[error(
         "{what} {digest}: expected {expected_size} bytes with that digest, got {actual_size} bytes hashing to {actual}"
     )]
@@ -147,53 +174,54 @@ pub fn pull(
     opts: &PullOptions,
     progress: &dyn Progress,
 ) -> Result<PullReport, PullError> {
-    match Location::parse(source)? {
+    let location = Location::parse(source)?;
+    let name = location.local_name();
+    match location {
         Location::OciLayout { dir, tag } => {
-            let name = Location::OciLayout {
-                dir: dir.clone(),
-                tag: tag.clone(),
-            }
-            .local_name();
-            let layout = OciLayout::open(&dir)?;
-            pull_layout(
-                store,
-                &layout,
-                tag.as_deref(),
-                &name,
-                source,
-                opts,
-                progress,
-            )
+            let src = LayoutSource {
+                layout: OciLayout::open(&dir)?,
+                tag,
+            };
+            pull_from(store, &src, &name, source, opts, progress)
         }
-        Location::Registry(r) => Err(PullError::Unsupported(format!(
-            "cannot pull {r}: pulling from registries is not implemented yet; use oci:DIR[:TAG]"
-        ))),
+        Location::Registry(reference) => {
+            let mut client = opts.client.clone();
+            if client.credentials.is_none() {
+                client.credentials =
+                    lookup_credentials(&reference.registry, opts.authfile.as_deref())?;
+            }
+            let registry = Registry::new(&reference.registry, &client)?;
+            let src = RegistryImage {
+                registry,
+                reference,
+            };
+            pull_from(store, &src, &name, source, opts, progress)
+        }
     }
 }
 
-fn pull_layout(
+fn pull_from(
     store: &Store,
-    layout: &OciLayout,
-    tag: Option<&str>,
+    src: &dyn ImageSource,
     name: &str,
     source: &str,
     opts: &PullOptions,
     progress: &dyn Progress,
 ) -> Result<PullReport, PullError> {
     let mut fetched = 0u64;
-    let mut desc = layout.select(tag)?.clone();
     let platform = opts.platform.clone().unwrap_or_else(Platform::host);
     progress.message(&format!("resolving {source}"));
+    let (mut bytes, mut desc) = src.root()?;
     let (manifest_bytes, manifest) = {
         let mut depth = 0;
         loop {
-            let bytes = layout.read_blob(&desc.digest, manifest::MAX_MANIFEST_SIZE)?;
             fetched += bytes.len() as u64;
             verify("manifest", &desc, &bytes)?;
             match manifest::parse(&bytes, Some(&desc.media_type))? {
                 Parsed::Manifest(m) => break (bytes, m),
                 Parsed::Index(i) if depth == 0 => {
                     desc = manifest::select_platform(&i, &platform)?.clone();
+                    bytes = src.manifest(&desc)?;
                     depth += 1;
                 }
                 Parsed::Index(_) => {
@@ -211,7 +239,7 @@ fn pull_layout(
             desc.media_type.clone()
         }
     });
-    let config_bytes = layout.read_blob(&manifest.config.digest, manifest::MAX_CONFIG_SIZE)?;
+    let config_bytes = src.blob_bytes(&manifest.config, manifest::MAX_CONFIG_SIZE)?;
     fetched += config_bytes.len() as u64;
     verify("config", &manifest.config, &config_bytes)?;
     let config = manifest::parse_config(&config_bytes, manifest.layers.len())?;
@@ -279,14 +307,52 @@ fn pull_layout(
                 },
                 _ => None,
             };
-            let blob = layout.open_blob(&ldesc.digest)?;
-            let (layer, read) = match chunked {
-                Some(ann) => {
-                    let source = FileSource::new(blob);
-                    report.partial = true;
-                    import_chunked(&mut staging, store, &source, index, ldesc, &ann, diff_id)?
+            let chunked = if opts.partial == Partial::Never {
+                None
+            } else {
+                chunked
+            };
+            let mut read = 0;
+            let mut layer = None;
+            if let Some(ann) = chunked {
+                let spool =
+                    tempfile_in(&store.tmp_dir()).ctx(|| "creating a spool file".to_string())?;
+                let ranges = src.ranges(ldesc, spool)?;
+                let whole_above = (opts.partial == Partial::Auto && src.is_remote())
+                    .then_some(AUTO_WHOLE_FRACTION);
+                match import_chunked(
+                    &mut staging,
+                    store,
+                    ranges.as_ref(),
+                    index,
+                    ldesc,
+                    &ann,
+                    diff_id,
+                    whole_above,
+                )? {
+                    ChunkedOutcome::Imported(l) => {
+                        report.partial = true;
+                        layer = Some(l);
+                    }
+                    ChunkedOutcome::MostlyMissing => {}
                 }
-                None => import_blob(&mut staging, blob, index, ldesc, format, diff_id, progress)?,
+                read = ranges.bytes_read();
+            }
+            let layer = match layer {
+                Some(l) => l,
+                None => {
+                    let (l, n) = import_blob(
+                        &mut staging,
+                        src.blob_stream(ldesc)?,
+                        index,
+                        ldesc,
+                        format,
+                        diff_id,
+                        progress,
+                    )?;
+                    read += n;
+                    l
+                }
             };
             report.fetched_bytes = read;
             fetched += read;
@@ -359,4 +425,15 @@ fn pull_layout(
         reused_bytes,
         layers: reports,
     })
+}
+
+/// An anonymous temporary file in `dir` (unlinked at once: it vanishes with the process).
+fn tempfile_in(dir: &std::path::Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .mode(0o600)
+        .open(dir)
 }

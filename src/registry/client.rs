@@ -10,10 +10,15 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use reqwest::blocking::{Client, RequestBuilder, Response};
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_RANGE, CONTENT_TYPE, HeaderMap, LOCATION, RANGE, WWW_AUTHENTICATE};
+use reqwest::header::{
+    ACCEPT, AUTHORIZATION, CONTENT_RANGE, CONTENT_TYPE, HeaderMap, LOCATION, RANGE,
+    WWW_AUTHENTICATE,
+};
 
 use crate::digest::Digest;
-use crate::image::manifest::{DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, MAX_MANIFEST_SIZE, OCI_INDEX, OCI_MANIFEST};
+use crate::image::manifest::{
+    DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, MAX_MANIFEST_SIZE, OCI_INDEX, OCI_MANIFEST,
+};
 use crate::registry::auth::{Challenge, Credentials, parse_challenge};
 use crate::registry::ranges::{self, RangeError};
 
@@ -23,7 +28,11 @@ pub enum RegistryError {
     #[error("{url}: {source}")]
     Http { url: String, source: reqwest::Error },
     #[error("{url}: {status}{}", if .body.is_empty() { String::new() } else { format!(": {}", .body) })]
-    Status { url: String, status: StatusCode, body: String },
+    Status {
+        url: String,
+        status: StatusCode,
+        body: String,
+    },
     #[error("{registry}: authentication failed ({why}); check --creds or the auth file")]
     Auth { registry: String, why: String },
     #[error("{url}: {source}")]
@@ -78,11 +87,19 @@ pub struct Registry {
 /// Whether a registry host is on this machine (plain HTTP is allowed there).
 pub fn is_loopback(host: &str) -> bool {
     let without_port = match host.rsplit_once(':') {
-        Some((h, p)) if !h.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && (h.starts_with('[') || !h.contains(':')) => h,
+        Some((h, p))
+            if !h.is_empty()
+                && p.bytes().all(|b| b.is_ascii_digit())
+                && (h.starts_with('[') || !h.contains(':')) =>
+        {
+            h
+        }
         _ => host,
     };
     let h = without_port.trim_start_matches('[').trim_end_matches(']');
-    h == "localhost" || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    h == "localhost"
+        || h.parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 // ring is deprecated in rustls only for lacking post-quantum key exchange; zstore uses it to keep
@@ -111,8 +128,16 @@ impl Registry {
     pub fn new(host: &str, opts: &ClientOptions) -> Result<Registry, RegistryError> {
         install_crypto_provider();
         let insecure = opts.tls_verify == Some(false);
-        let scheme = if is_loopback(host) || insecure { "http" } else { "https" };
-        let endpoint = if host == "docker.io" { "registry-1.docker.io" } else { host };
+        let scheme = if is_loopback(host) || insecure {
+            "http"
+        } else {
+            "https"
+        };
+        let endpoint = if host == "docker.io" {
+            "registry-1.docker.io"
+        } else {
+            host
+        };
         let http = Client::builder()
             .connect_timeout(Duration::from_secs(15))
             .timeout(opts.timeout.unwrap_or(Duration::from_secs(60)))
@@ -144,7 +169,12 @@ impl Registry {
     }
 
     fn authorize(&self, rb: RequestBuilder, scope: &str) -> RequestBuilder {
-        match self.auth.lock().unwrap_or_else(|e| e.into_inner()).get(scope) {
+        match self
+            .auth
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(scope)
+        {
             Some(Auth::Basic(v)) | Some(Auth::Bearer(v)) => rb.header(AUTHORIZATION, v),
             None => rb,
         }
@@ -152,15 +182,27 @@ impl Registry {
 
     /// Answers a 401 challenge for `scope`; the caller retries the request.
     fn authenticate(&self, challenge: Option<&str>, scope: &str) -> Result<(), RegistryError> {
-        let fail = |why: String| RegistryError::Auth { registry: self.host.clone(), why };
-        let challenge = challenge.and_then(parse_challenge).ok_or_else(|| fail("unsupported or missing WWW-Authenticate challenge".into()))?;
+        let fail = |why: String| RegistryError::Auth {
+            registry: self.host.clone(),
+            why,
+        };
+        let challenge = challenge
+            .and_then(parse_challenge)
+            .ok_or_else(|| fail("unsupported or missing WWW-Authenticate challenge".into()))?;
         let auth = match challenge {
             Challenge::Basic => {
-                let c = self.creds.as_ref().ok_or_else(|| fail("the registry requires credentials".into()))?;
+                let c = self
+                    .creds
+                    .as_ref()
+                    .ok_or_else(|| fail("the registry requires credentials".into()))?;
                 Auth::Basic(c.basic())
             }
             Challenge::Bearer { realm, service, .. } => {
-                let mut url = format!("{realm}{}scope={}", if realm.contains('?') { '&' } else { '?' }, url_encode(scope));
+                let mut url = format!(
+                    "{realm}{}scope={}",
+                    if realm.contains('?') { '&' } else { '?' },
+                    url_encode(scope)
+                );
                 if let Some(s) = service {
                     url.push_str(&format!("&service={}", url_encode(&s)));
                 }
@@ -168,11 +210,19 @@ impl Registry {
                 if let Some(c) = &self.creds {
                     rb = rb.header(AUTHORIZATION, c.basic());
                 }
-                let resp = rb.send().map_err(|e| RegistryError::Http { url: realm.clone(), source: e })?;
+                let resp = rb.send().map_err(|e| RegistryError::Http {
+                    url: realm.clone(),
+                    source: e,
+                })?;
                 if !resp.status().is_success() {
-                    return Err(fail(format!("token server {realm} answered {}", resp.status())));
+                    return Err(fail(format!(
+                        "token server {realm} answered {}",
+                        resp.status()
+                    )));
                 }
-                let body: serde_json::Value = resp.json_limited(1 << 20).map_err(|e| fail(format!("token response: {e}")))?;
+                let body: serde_json::Value = resp
+                    .json_limited(1 << 20)
+                    .map_err(|e| fail(format!("token response: {e}")))?;
                 let token = body
                     .get("token")
                     .or_else(|| body.get("access_token"))
@@ -181,14 +231,22 @@ impl Registry {
                 Auth::Bearer(format!("Bearer {token}"))
             }
         };
-        self.auth.lock().unwrap_or_else(|e| e.into_inner()).insert(scope.to_string(), auth);
+        self.auth
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(scope.to_string(), auth);
         Ok(())
     }
 
     /// Sends a request built by `build`, authenticating on 401 (once) and retrying transient
     /// failures with exponential backoff. Error statuses other than those retried are returned
     /// as [`RegistryError::Status`].
-    fn send(&self, scope: &str, path: &str, build: impl Fn(&Client, &str) -> RequestBuilder) -> Result<Response, RegistryError> {
+    fn send(
+        &self,
+        scope: &str,
+        path: &str,
+        build: impl Fn(&Client, &str) -> RequestBuilder,
+    ) -> Result<Response, RegistryError> {
         let url = self.url(path);
         let mut authenticated = false;
         let mut attempt = 0u32;
@@ -197,15 +255,25 @@ impl Registry {
             let result = rb.send();
             let retry_after = match result {
                 Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !authenticated => {
-                    let challenge = resp.headers().get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).map(str::to_string);
+                    let challenge = resp
+                        .headers()
+                        .get(WWW_AUTHENTICATE)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
                     self.authenticate(challenge.as_deref(), scope)?;
                     authenticated = true;
                     continue;
                 }
                 Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED => {
-                    return Err(RegistryError::Auth { registry: self.host.clone(), why: "credentials rejected".into() });
+                    return Err(RegistryError::Auth {
+                        registry: self.host.clone(),
+                        why: "credentials rejected".into(),
+                    });
                 }
-                Ok(resp) if resp.status().is_server_error() || resp.status() == StatusCode::TOO_MANY_REQUESTS => {
+                Ok(resp)
+                    if resp.status().is_server_error()
+                        || resp.status() == StatusCode::TOO_MANY_REQUESTS =>
+                {
                     if attempt >= self.retries {
                         return Err(status_error(&url, resp));
                     }
@@ -216,7 +284,12 @@ impl Registry {
                         .map(|s| Duration::from_secs(s.min(10)))
                 }
                 Ok(resp) => return Ok(resp),
-                Err(e) if (e.is_connect() || e.is_timeout() || e.is_request()) && attempt < self.retries => None,
+                Err(e)
+                    if (e.is_connect() || e.is_timeout() || e.is_request())
+                        && attempt < self.retries =>
+                {
+                    None
+                }
                 Err(e) => return Err(RegistryError::Http { url, source: e }),
             };
             attempt += 1;
@@ -226,61 +299,118 @@ impl Registry {
 
     /// Fetches a manifest or index by tag or digest, verifying its digest when the reference
     /// or the registry names one. Returns (bytes, media type, digest).
-    pub fn get_manifest(&self, repo: &str, reference: &str) -> Result<(Vec<u8>, String, Digest), RegistryError> {
+    pub fn get_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+    ) -> Result<(Vec<u8>, String, Digest), RegistryError> {
         let scope = pull_scope(repo);
         let path = format!("/v2/{repo}/manifests/{reference}");
         let resp = self.send(&scope, &path, |c, u| {
-            c.get(u).header(ACCEPT, format!("{OCI_MANIFEST}, {OCI_INDEX}, {DOCKER_MANIFEST}, {DOCKER_MANIFEST_LIST}"))
+            c.get(u).header(
+                ACCEPT,
+                format!("{OCI_MANIFEST}, {OCI_INDEX}, {DOCKER_MANIFEST}, {DOCKER_MANIFEST_LIST}"),
+            )
         })?;
         let url = resp.url().to_string();
         let resp = ok_or_status(resp)?;
         let media_type = header_str(resp.headers(), CONTENT_TYPE).unwrap_or_default();
         let claimed = header_str(resp.headers(), "docker-content-digest");
-        let bytes = read_limited(resp, MAX_MANIFEST_SIZE).map_err(|what| RegistryError::Protocol { url: url.clone(), what })?;
+        let bytes =
+            read_limited(resp, MAX_MANIFEST_SIZE).map_err(|what| RegistryError::Protocol {
+                url: url.clone(),
+                what,
+            })?;
         let digest = Digest::of(&bytes);
-        let expected = reference.parse::<Digest>().ok().or_else(|| claimed.and_then(|c| c.parse().ok()));
+        let expected = reference
+            .parse::<Digest>()
+            .ok()
+            .or_else(|| claimed.and_then(|c| c.parse().ok()));
         if let Some(e) = expected
             && e != digest
         {
-            return Err(RegistryError::Protocol { url, what: format!("manifest hashes to {digest}, expected {e}") });
+            return Err(RegistryError::Protocol {
+                url,
+                what: format!("manifest hashes to {digest}, expected {e}"),
+            });
         }
         Ok((bytes, media_type, digest))
     }
 
     /// Fetches a small blob whole (config), verifying size and digest.
-    pub fn get_small_blob(&self, repo: &str, digest: &Digest, size: u64, limit: u64) -> Result<Vec<u8>, RegistryError> {
+    pub fn get_small_blob(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        size: u64,
+        limit: u64,
+    ) -> Result<Vec<u8>, RegistryError> {
         let url = self.url(&format!("/v2/{repo}/blobs/{digest}"));
         if size > limit {
-            return Err(RegistryError::Protocol { url, what: format!("blob of {size} bytes is over the {limit}-byte limit") });
+            return Err(RegistryError::Protocol {
+                url,
+                what: format!("blob of {size} bytes is over the {limit}-byte limit"),
+            });
         }
         let resp = ok_or_status(self.get_blob(repo, digest)?)?;
-        let bytes = read_limited(resp, limit).map_err(|what| RegistryError::Protocol { url: url.clone(), what })?;
+        let bytes = read_limited(resp, limit).map_err(|what| RegistryError::Protocol {
+            url: url.clone(),
+            what,
+        })?;
         let actual = Digest::of(&bytes);
         if actual != *digest || bytes.len() as u64 != size {
-            return Err(RegistryError::Protocol { url, what: format!("blob hashes to {actual} ({} bytes), expected {digest} ({size} bytes)", bytes.len()) });
+            return Err(RegistryError::Protocol {
+                url,
+                what: format!(
+                    "blob hashes to {actual} ({} bytes), expected {digest} ({size} bytes)",
+                    bytes.len()
+                ),
+            });
         }
         Ok(bytes)
     }
 
     /// Starts streaming a blob (the caller verifies it).
     pub fn get_blob(&self, repo: &str, digest: &Digest) -> Result<Response, RegistryError> {
-        let resp = self.send(&pull_scope(repo), &format!("/v2/{repo}/blobs/{digest}"), |c, u| c.get(u))?;
+        let resp = self.send(
+            &pull_scope(repo),
+            &format!("/v2/{repo}/blobs/{digest}"),
+            |c, u| c.get(u),
+        )?;
         ok_or_status(resp)
     }
 
     /// Requests byte ranges of a blob. See [`RangeReply`].
-    pub fn get_ranges(&self, repo: &str, digest: &Digest, wanted: &[Range<u64>]) -> Result<RangeReply, RegistryError> {
+    pub fn get_ranges(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        wanted: &[Range<u64>],
+    ) -> Result<RangeReply, RegistryError> {
         let header = ranges::header(wanted);
-        let resp = self.send(&pull_scope(repo), &format!("/v2/{repo}/blobs/{digest}"), |c, u| c.get(u).header(RANGE, &header))?;
+        let resp = self.send(
+            &pull_scope(repo),
+            &format!("/v2/{repo}/blobs/{digest}"),
+            |c, u| c.get(u).header(RANGE, &header),
+        )?;
         let url = resp.url().to_string();
         match resp.status() {
             StatusCode::OK => Ok(RangeReply::Whole(resp)),
             StatusCode::PARTIAL_CONTENT => {
                 let content_type = header_str(resp.headers(), CONTENT_TYPE).unwrap_or_default();
-                let range_err = |source| RegistryError::Range { url: url.clone(), source };
+                let range_err = |source| RegistryError::Range {
+                    url: url.clone(),
+                    source,
+                };
                 if let Some(boundary) = ranges::boundary(&content_type) {
-                    let limit = wanted.iter().map(|r| r.end - r.start).sum::<u64>() + 1024 * wanted.len() as u64 + 4096;
-                    let body = read_limited(resp, limit).map_err(|what| RegistryError::Protocol { url: url.clone(), what })?;
+                    let limit = wanted.iter().map(|r| r.end - r.start).sum::<u64>()
+                        + 1024 * wanted.len() as u64
+                        + 4096;
+                    let body =
+                        read_limited(resp, limit).map_err(|what| RegistryError::Protocol {
+                            url: url.clone(),
+                            what,
+                        })?;
                     let parts = ranges::parse_multipart(&body, &boundary).map_err(range_err)?;
                     let mut out = Vec::with_capacity(parts.len());
                     for (r, b) in parts {
@@ -289,15 +419,25 @@ impl Registry {
                     }
                     Ok(RangeReply::Parts(out, body.len() as u64))
                 } else {
-                    let cr = header_str(resp.headers(), CONTENT_RANGE).ok_or_else(|| RegistryError::Protocol {
-                        url: url.clone(),
-                        what: "206 without Content-Range".into(),
+                    let cr = header_str(resp.headers(), CONTENT_RANGE).ok_or_else(|| {
+                        RegistryError::Protocol {
+                            url: url.clone(),
+                            what: "206 without Content-Range".into(),
+                        }
                     })?;
                     let r = ranges::parse_content_range(&cr).map_err(range_err)?;
                     ranges::check_requested(wanted, &r).map_err(range_err)?;
-                    let body = read_limited(resp, r.end - r.start).map_err(|what| RegistryError::Protocol { url: url.clone(), what })?;
+                    let body = read_limited(resp, r.end - r.start).map_err(|what| {
+                        RegistryError::Protocol {
+                            url: url.clone(),
+                            what,
+                        }
+                    })?;
                     if body.len() as u64 != r.end - r.start {
-                        return Err(RegistryError::Protocol { url, what: format!("206 body of {} bytes for range {r:?}", body.len()) });
+                        return Err(RegistryError::Protocol {
+                            url,
+                            what: format!("206 body of {} bytes for range {r:?}", body.len()),
+                        });
                     }
                     let n = body.len() as u64;
                     Ok(RangeReply::Parts(vec![(r, body)], n))
@@ -309,7 +449,11 @@ impl Registry {
 
     /// Whether the registry has a blob (HEAD).
     pub fn has_blob(&self, repo: &str, digest: &Digest) -> Result<bool, RegistryError> {
-        let resp = self.send(&push_scope(repo), &format!("/v2/{repo}/blobs/{digest}"), |c, u| c.head(u))?;
+        let resp = self.send(
+            &push_scope(repo),
+            &format!("/v2/{repo}/blobs/{digest}"),
+            |c, u| c.head(u),
+        )?;
         match resp.status() {
             s if s.is_success() => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
@@ -318,13 +462,30 @@ impl Registry {
     }
 
     /// Uploads a blob monolithically (POST, then PUT with the data).
-    pub fn upload_blob(&self, repo: &str, digest: &Digest, data: impl Fn() -> std::io::Result<std::fs::File>, size: u64) -> Result<(), RegistryError> {
+    pub fn upload_blob(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        data: impl Fn() -> std::io::Result<std::fs::File>,
+        size: u64,
+    ) -> Result<(), RegistryError> {
         let scope = push_scope(repo);
-        let resp = ok_or_status(self.send(&scope, &format!("/v2/{repo}/blobs/uploads/"), |c, u| c.post(u))?)?;
+        let resp = ok_or_status(self.send(
+            &scope,
+            &format!("/v2/{repo}/blobs/uploads/"),
+            |c, u| c.post(u),
+        )?)?;
         let url = resp.url().to_string();
-        let location = header_str(resp.headers(), LOCATION)
-            .ok_or_else(|| RegistryError::Protocol { url: url.clone(), what: "upload without a Location".into() })?;
-        let location = if location.starts_with('/') { self.url(&location) } else { location };
+        let location =
+            header_str(resp.headers(), LOCATION).ok_or_else(|| RegistryError::Protocol {
+                url: url.clone(),
+                what: "upload without a Location".into(),
+            })?;
+        let location = if location.starts_with('/') {
+            self.url(&location)
+        } else {
+            location
+        };
         let sep = if location.contains('?') { '&' } else { '?' };
         let put_url = format!("{location}{sep}digest={digest}");
         let resp = self.send(&scope, &put_url, |c, u| {
@@ -332,16 +493,30 @@ impl Registry {
                 Ok(f) => reqwest::blocking::Body::sized(f, size),
                 Err(_) => reqwest::blocking::Body::from(Vec::new()),
             };
-            c.put(u).header(CONTENT_TYPE, "application/octet-stream").body(body)
+            c.put(u)
+                .header(CONTENT_TYPE, "application/octet-stream")
+                .body(body)
         })?;
         ok_or_status(resp).map(|_| ())
     }
 
     /// Uploads a manifest under a tag (or digest).
-    pub fn put_manifest(&self, repo: &str, reference: &str, media_type: &str, bytes: &[u8]) -> Result<(), RegistryError> {
-        let resp = self.send(&push_scope(repo), &format!("/v2/{repo}/manifests/{reference}"), |c, u| {
-            c.put(u).header(CONTENT_TYPE, media_type).body(bytes.to_vec())
-        })?;
+    pub fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        bytes: &[u8],
+    ) -> Result<(), RegistryError> {
+        let resp = self.send(
+            &push_scope(repo),
+            &format!("/v2/{repo}/manifests/{reference}"),
+            |c, u| {
+                c.put(u)
+                    .header(CONTENT_TYPE, media_type)
+                    .body(bytes.to_vec())
+            },
+        )?;
         ok_or_status(resp).map(|_| ())
     }
 }
@@ -363,13 +538,21 @@ fn push_scope(repo: &str) -> String {
 }
 
 fn header_str(h: &HeaderMap, name: impl reqwest::header::AsHeaderName) -> Option<String> {
-    h.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+    h.get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }
 
 fn status_error(url: &str, resp: Response) -> RegistryError {
     let status = resp.status();
-    let body = read_limited(resp, 4096).map(|b| String::from_utf8_lossy(&b).trim().to_string()).unwrap_or_default();
-    RegistryError::Status { url: url.to_string(), status, body: body.chars().take(300).collect() }
+    let body = read_limited(resp, 4096)
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    RegistryError::Status {
+        url: url.to_string(),
+        status,
+        body: body.chars().take(300).collect(),
+    }
 }
 
 fn ok_or_status(resp: Response) -> Result<Response, RegistryError> {
@@ -383,7 +566,9 @@ fn ok_or_status(resp: Response) -> Result<Response, RegistryError> {
 /// Reads a response body, refusing more than `limit` bytes.
 fn read_limited(resp: Response, limit: u64) -> Result<Vec<u8>, String> {
     let mut buf = Vec::new();
-    resp.take(limit + 1).read_to_end(&mut buf).map_err(|e| format!("reading the response: {e}"))?;
+    resp.take(limit + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("reading the response: {e}"))?;
     if buf.len() as u64 > limit {
         return Err(format!("response larger than the {limit}-byte limit"));
     }
@@ -407,10 +592,22 @@ mod tests {
 
     #[test]
     fn loopback_detection() {
-        for h in ["127.0.0.1:5000", "localhost", "localhost:5000", "[::1]:5000", "127.1.2.3"] {
+        for h in [
+            "127.0.0.1:5000",
+            "localhost",
+            "localhost:5000",
+            "[::1]:5000",
+            "127.1.2.3",
+        ] {
             assert!(is_loopback(h), "{h}");
         }
-        for h in ["docker.io", "10.0.0.1:5000", "quay.io", "127.example.com", "127.0.0.1.nip.io:5000"] {
+        for h in [
+            "docker.io",
+            "10.0.0.1:5000",
+            "quay.io",
+            "127.example.com",
+            "127.0.0.1.nip.io:5000",
+        ] {
             assert!(!is_loopback(h), "{h}");
         }
     }

@@ -32,7 +32,10 @@ pub fn coalesce(ranges: &[Range<u64>], gap: u64) -> Vec<Range<u64>> {
 
 /// The `Range` header value for a set of ranges (inclusive ends).
 pub fn header(ranges: &[Range<u64>]) -> String {
-    let parts: Vec<String> = ranges.iter().map(|r| format!("{}-{}", r.start, r.end - 1)).collect();
+    let parts: Vec<String> = ranges
+        .iter()
+        .map(|r| format!("{}-{}", r.start, r.end - 1))
+        .collect();
     format!("bytes={}", parts.join(","))
 }
 
@@ -58,7 +61,9 @@ pub fn boundary(content_type: &str) -> Option<String> {
     }
     params.split(';').find_map(|p| {
         let (k, v) = p.split_once('=')?;
-        k.trim().eq_ignore_ascii_case("boundary").then(|| v.trim().trim_matches('"').to_string())
+        k.trim()
+            .eq_ignore_ascii_case("boundary")
+            .then(|| v.trim().trim_matches('"').to_string())
     })
 }
 
@@ -66,12 +71,18 @@ fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
     if needle.is_empty() || from > hay.len() {
         return None;
     }
-    hay[from..].windows(needle.len()).position(|w| w == needle).map(|i| i + from)
+    hay[from..]
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .map(|i| i + from)
 }
 
 /// Splits a `multipart/byteranges` body into (range, bytes) parts, checking each part's
 /// length against its Content-Range.
-pub fn parse_multipart<'a>(body: &'a [u8], boundary: &str) -> Result<Vec<(Range<u64>, &'a [u8])>, RangeError> {
+pub fn parse_multipart<'a>(
+    body: &'a [u8],
+    boundary: &str,
+) -> Result<Vec<(Range<u64>, &'a [u8])>, RangeError> {
     let bad = |why: &str| RangeError::Multipart(why.to_string());
     let delim = format!("--{boundary}");
     let mut parts = Vec::new();
@@ -82,23 +93,32 @@ pub fn parse_multipart<'a>(body: &'a [u8], boundary: &str) -> Result<Vec<(Range<
             return Ok(parts);
         }
         // Headers end at an empty line.
-        let headers_end = find(body, b"\r\n\r\n", pos).ok_or_else(|| bad("part without a header end"))?;
-        let headers = std::str::from_utf8(&body[pos..headers_end]).map_err(|_| bad("non-UTF-8 part headers"))?;
+        let headers_end =
+            find(body, b"\r\n\r\n", pos).ok_or_else(|| bad("part without a header end"))?;
+        let headers = std::str::from_utf8(&body[pos..headers_end])
+            .map_err(|_| bad("non-UTF-8 part headers"))?;
         let range = headers
             .lines()
             .find_map(|l| {
                 let (k, v) = l.split_once(':')?;
-                k.trim().eq_ignore_ascii_case("content-range").then(|| v.trim().to_string())
+                k.trim()
+                    .eq_ignore_ascii_case("content-range")
+                    .then(|| v.trim().to_string())
             })
             .ok_or_else(|| bad("part without Content-Range"))?;
         let range = parse_content_range(&range)?;
         let start = headers_end + 4;
         let len = usize::try_from(range.end - range.start).map_err(|_| bad("part too large"))?;
-        let end = start.checked_add(len).filter(|&e| e <= body.len()).ok_or_else(|| bad("part shorter than its Content-Range"))?;
+        let end = start
+            .checked_add(len)
+            .filter(|&e| e <= body.len())
+            .ok_or_else(|| bad("part shorter than its Content-Range"))?;
         parts.push((range, &body[start..end]));
         let next = end + 2;
         if body.get(end..next) != Some(b"\r\n") || !body[next..].starts_with(delim.as_bytes()) {
-            return Err(bad("part longer than its Content-Range or boundary missing"));
+            return Err(bad(
+                "part longer than its Content-Range or boundary missing",
+            ));
         }
         pos = next;
     }
@@ -106,7 +126,10 @@ pub fn parse_multipart<'a>(body: &'a [u8], boundary: &str) -> Result<Vec<(Range<
 
 /// Checks that a served range lies within what was requested.
 pub fn check_requested(requested: &[Range<u64>], got: &Range<u64>) -> Result<(), RangeError> {
-    if requested.iter().any(|r| r.start <= got.start && got.end <= r.end) {
+    if requested
+        .iter()
+        .any(|r| r.start <= got.start && got.end <= r.end)
+    {
         Ok(())
     } else {
         Err(RangeError::Unrequested { got: got.clone() })
@@ -119,7 +142,10 @@ mod tests {
 
     #[test]
     fn coalescing() {
-        assert_eq!(coalesce(&[10..20, 0..5, 21..30, 100..101, 5..5], 1), vec![0..5, 10..30, 100..101]);
+        assert_eq!(
+            coalesce(&[10..20, 0..5, 21..30, 100..101, 5..5], 1),
+            vec![0..5, 10..30, 100..101]
+        );
         assert_eq!(coalesce(&[0..10, 2..3], 0), vec![0..10]);
         assert_eq!(coalesce(&[0..10, 1034..1040], 1024), vec![0..1040]);
         assert_eq!(header(&[0..10, 20..21]), "bytes=0-9,20-20");
@@ -129,7 +155,13 @@ mod tests {
     fn content_ranges() {
         assert_eq!(parse_content_range("bytes 0-99/38759378").unwrap(), 0..100);
         assert_eq!(parse_content_range("bytes 5-5/*").unwrap(), 5..6);
-        for bad in ["bytes 9-5/10", "bytes a-5/10", "0-5/10", "bytes 0-5", "bytes 0-18446744073709551615/1"] {
+        for bad in [
+            "bytes 9-5/10",
+            "bytes a-5/10",
+            "0-5/10",
+            "bytes 0-5",
+            "bytes 0-18446744073709551615/1",
+        ] {
             assert!(parse_content_range(bad).is_err(), "{bad}");
         }
     }
@@ -137,9 +169,15 @@ mod tests {
     #[test]
     fn multipart_as_distribution_sends_it() {
         let body = b"--3d6b6a416f9b5\r\nContent-Type: application/octet-stream\r\nContent-Range: bytes 0-9/100\r\n\r\n0123456789\r\n--3d6b6a416f9b5\r\nContent-Type: application/octet-stream\r\nContent-Range: bytes 20-22/100\r\n\r\nabc\r\n--3d6b6a416f9b5--\r\n";
-        assert_eq!(boundary("multipart/byteranges; boundary=3d6b6a416f9b5").as_deref(), Some("3d6b6a416f9b5"));
+        assert_eq!(
+            boundary("multipart/byteranges; boundary=3d6b6a416f9b5").as_deref(),
+            Some("3d6b6a416f9b5")
+        );
         let parts = parse_multipart(body, "3d6b6a416f9b5").unwrap();
-        assert_eq!(parts, vec![(0..10, &b"0123456789"[..]), (20..23, &b"abc"[..])]);
+        assert_eq!(
+            parts,
+            vec![(0..10, &b"0123456789"[..]), (20..23, &b"abc"[..])]
+        );
         check_requested(&[0..10, 20..30], &parts[1].0).unwrap();
         assert!(check_requested(&[0..10], &(5..11)).is_err());
     }
@@ -156,7 +194,11 @@ mod tests {
             b"--X\r\nContent-Range: bytes 0-1/100\r\n\r\n01\r\n--X--",
             b"--B\r\nContent-Range: bytes 0-1/100\r\n\r\n01",
         ] {
-            assert!(parse_multipart(bad, b).is_err(), "{}", String::from_utf8_lossy(bad));
+            assert!(
+                parse_multipart(bad, b).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
         assert_eq!(boundary("application/octet-stream"), None);
     }

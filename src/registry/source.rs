@@ -43,13 +43,24 @@ pub struct RegistrySource<'a> {
 
 impl<'a> RegistrySource<'a> {
     /// `spool` is an empty temporary file (deleted by the caller).
-    pub fn new(registry: &'a Registry, repo: &str, digest: Digest, size: u64, spool: File) -> RegistrySource<'a> {
+    pub fn new(
+        registry: &'a Registry,
+        repo: &str,
+        digest: Digest,
+        size: u64,
+        spool: File,
+    ) -> RegistrySource<'a> {
         RegistrySource {
             registry,
             repo: repo.to_string(),
             digest,
             size,
-            spool: Mutex::new(Spool { file: spool, len: 0, index: BTreeMap::new(), whole: false }),
+            spool: Mutex::new(Spool {
+                file: spool,
+                len: 0,
+                index: BTreeMap::new(),
+                whole: false,
+            }),
             read: AtomicU64::new(0),
         }
     }
@@ -79,7 +90,8 @@ impl<'a> RegistrySource<'a> {
             Ok(RangeReply::Parts(parts, body_bytes)) => {
                 self.read.fetch_add(body_bytes, Ordering::Relaxed);
                 for (r, b) in parts {
-                    self.store_part(r, &b).map_err(|e| spool_err(&self.digest, e))?;
+                    self.store_part(r, &b)
+                        .map_err(|e| spool_err(&self.digest, e))?;
                 }
                 // A server may serve fewer parts than asked: fetch what is missing one by one.
                 for r in batch {
@@ -96,18 +108,25 @@ impl<'a> RegistrySource<'a> {
                     let mut buf = vec![0u8; 1 << 20];
                     let mut off = 0u64;
                     loop {
-                        let n = resp.read(&mut buf).map_err(|e| spool_err(&self.digest, e))?;
+                        let n = resp
+                            .read(&mut buf)
+                            .map_err(|e| spool_err(&self.digest, e))?;
                         if n == 0 {
                             break;
                         }
-                        s.file.write_all_at(&buf[..n], off).map_err(|e| spool_err(&self.digest, e))?;
+                        s.file
+                            .write_all_at(&buf[..n], off)
+                            .map_err(|e| spool_err(&self.digest, e))?;
                         off += n as u64;
                         self.read.fetch_add(n as u64, Ordering::Relaxed);
                     }
                     if off != self.size {
                         return Err(RegistryError::Protocol {
                             url: format!("blob {}", self.digest),
-                            what: format!("whole-blob reply of {off} bytes, expected {}", self.size),
+                            what: format!(
+                                "whole-blob reply of {off} bytes, expected {}",
+                                self.size
+                            ),
                         });
                     }
                     s.whole = true;
@@ -115,7 +134,10 @@ impl<'a> RegistrySource<'a> {
                 }
                 Ok(())
             }
-            Err(e) if matches!(e.status().map(|s| s.as_u16()), Some(400) | Some(416)) && batch.len() > 1 => {
+            Err(e)
+                if matches!(e.status().map(|s| s.as_u16()), Some(400) | Some(416))
+                    && batch.len() > 1 =>
+            {
                 let (a, b) = batch.split_at(batch.len() / 2);
                 self.fetch_batch(a)?;
                 self.fetch_batch(b)
@@ -125,14 +147,21 @@ impl<'a> RegistrySource<'a> {
     }
 
     fn fetch_single(&self, r: &Range<u64>) -> Result<(), RegistryError> {
-        match self.registry.get_ranges(&self.repo, &self.digest, std::slice::from_ref(r))? {
+        match self
+            .registry
+            .get_ranges(&self.repo, &self.digest, std::slice::from_ref(r))?
+        {
             RangeReply::Parts(parts, n) => {
                 self.read.fetch_add(n, Ordering::Relaxed);
                 for (got, b) in parts {
-                    self.store_part(got, &b).map_err(|e| spool_err(&self.digest, e))?;
+                    self.store_part(got, &b)
+                        .map_err(|e| spool_err(&self.digest, e))?;
                 }
                 if self.lookup(r).is_none() {
-                    return Err(RegistryError::Protocol { url: format!("blob {}", self.digest), what: format!("range {r:?} not served") });
+                    return Err(RegistryError::Protocol {
+                        url: format!("blob {}", self.digest),
+                        what: format!("range {r:?} not served"),
+                    });
                 }
                 Ok(())
             }
@@ -166,7 +195,12 @@ impl<'a> RegistrySource<'a> {
                 });
             }
         });
-        match errors.into_inner().unwrap_or_else(|e| e.into_inner()).into_iter().next() {
+        match errors
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner())
+            .into_iter()
+            .next()
+        {
             Some(e) => Err(e),
             None => Ok(()),
         }
@@ -174,7 +208,10 @@ impl<'a> RegistrySource<'a> {
 }
 
 fn spool_err(digest: &Digest, e: io::Error) -> RegistryError {
-    RegistryError::Protocol { url: format!("blob {digest}"), what: format!("spooling ranges: {e}") }
+    RegistryError::Protocol {
+        url: format!("blob {digest}"),
+        what: format!("spooling ranges: {e}"),
+    }
 }
 
 fn to_io(e: RegistryError) -> io::Error {
@@ -190,7 +227,10 @@ impl RangeSource for RegistrySource<'_> {
 
     fn open_range(&self, range: Range<u64>) -> io::Result<Box<dyn Read + Send + '_>> {
         if range.end > self.size {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("range {range:?} past the {}-byte blob", self.size)));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("range {range:?} past the {}-byte blob", self.size),
+            ));
         }
         if range.start >= range.end {
             return Ok(Box::new(io::empty()));
@@ -198,13 +238,19 @@ impl RangeSource for RegistrySource<'_> {
         if self.lookup(&range).is_none() {
             self.fetch_single(&range).map_err(to_io)?;
         }
-        let off = self.lookup(&range).ok_or_else(|| io::Error::other("range missing after fetch"))?;
+        let off = self
+            .lookup(&range)
+            .ok_or_else(|| io::Error::other("range missing after fetch"))?;
         let file = {
             let s = self.spool.lock().unwrap_or_else(|e| e.into_inner());
             s.file.try_clone()?
         };
         let len = range.end - range.start;
-        Ok(Box::new(SpoolReader { file, pos: off, end: off + len }))
+        Ok(Box::new(SpoolReader {
+            file,
+            pos: off,
+            end: off + len,
+        }))
     }
 
     fn bytes_read(&self) -> u64 {
@@ -227,7 +273,10 @@ impl Read for SpoolReader {
         }
         let n = self.file.read_at(&mut buf[..want], self.pos)?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "spool ends early"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "spool ends early",
+            ));
         }
         self.pos += n as u64;
         Ok(n)
