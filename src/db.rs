@@ -27,7 +27,9 @@ const LAYER_TOCS: Tbl = TableDefinition::new("layer_tocs");
 const LAYER_SKELETONS: Tbl = TableDefinition::new("layer_skeletons");
 const BLOBS: Tbl = TableDefinition::new("blobs");
 const CHECKOUTS: Tbl = TableDefinition::new("checkouts");
-const ALL_TABLES: [Tbl; 8] = [
+/// Shape digest of a layer's entries → DiffID (see [`crate::layer::entry::shape_digest`]).
+const LAYER_SHAPES: Tbl = TableDefinition::new("layer_shapes");
+const ALL_TABLES: [Tbl; 9] = [
     META,
     IMAGES,
     REFS,
@@ -36,6 +38,7 @@ const ALL_TABLES: [Tbl; 8] = [
     LAYER_SKELETONS,
     BLOBS,
     CHECKOUTS,
+    LAYER_SHAPES,
 ];
 
 /// Database errors.
@@ -141,15 +144,17 @@ impl Db {
     fn init(&self) -> Result<(), DbError> {
         {
             let r = self.db.begin_read().map_err(redb_err)?;
+            let complete = ALL_TABLES.iter().all(|t| r.open_table(*t).is_ok());
             if let Ok(meta) = r.open_table(META)
                 && let Some(v) = meta.get("schema").map_err(redb_err)?
             {
                 let found = u32::from_le_bytes(v.value().try_into().unwrap_or([0xff; 4]));
-                return if found == SCHEMA_VERSION {
-                    Ok(())
-                } else {
-                    Err(DbError::Schema { found })
-                };
+                if found != SCHEMA_VERSION {
+                    return Err(DbError::Schema { found });
+                }
+                if complete {
+                    return Ok(());
+                }
             }
         }
         let w = self.db.begin_write().map_err(redb_err)?;
@@ -312,6 +317,16 @@ pub trait DbView {
             .map(|(k, v)| Ok((k.clone(), decode("blobs", &k, &v)?)))
             .collect()
     }
+    /// A stored layer with entries of this shape.
+    fn layer_by_shape(&self, shape: &Digest) -> Result<Option<Digest>, DbError> {
+        self.layer_by_shape_key(&shape.to_string())
+    }
+    #[doc(hidden)]
+    fn layer_by_shape_key(&self, key: &str) -> Result<Option<Digest>, DbError> {
+        self.get_raw(LAYER_SHAPES, key)?
+            .map(|b| decode("layer_shapes", key, &b))
+            .transpose()
+    }
     fn checkouts(&self) -> Result<Vec<CheckoutRecord>, DbError> {
         self.all_raw(CHECKOUTS)?
             .into_iter()
@@ -401,12 +416,23 @@ impl DbWrite {
         skeleton: &Skeleton,
     ) -> Result<(), DbError> {
         let key = record.diff_id.to_string();
+        self.put(
+            LAYER_SHAPES,
+            &crate::layer::entry::shape_digest(toc).to_string(),
+            &encode(&record.diff_id),
+        )?;
         self.put(LAYER_TOCS, &key, &encode_compressed(&toc))?;
         self.put(LAYER_SKELETONS, &key, &encode_compressed(skeleton))?;
         self.put(LAYERS, &key, &encode(record))
     }
     pub fn remove_layer(&self, diff_id: &Digest) -> Result<bool, DbError> {
         let key = diff_id.to_string();
+        if let Some(toc) = self.toc(diff_id)? {
+            let shape = crate::layer::entry::shape_digest(&toc).to_string();
+            if self.layer_by_shape_key(&shape)? == Some(*diff_id) {
+                self.del(LAYER_SHAPES, &shape)?;
+            }
+        }
         self.del(LAYER_TOCS, &key)?;
         self.del(LAYER_SKELETONS, &key)?;
         self.del(LAYERS, &key)

@@ -19,6 +19,7 @@ use crate::chunked::tarsplit::{self, TsEntry};
 use crate::chunked::toc::{Toc, TocEntry};
 use crate::digest::Digest;
 use crate::layer::entry::{Entry, EntryKind, normalize_path};
+use crate::layer::skeleton::{Segment, Skeleton};
 
 /// Random access to a blob's bytes.
 pub trait RangeSource: Sync {
@@ -124,16 +125,15 @@ pub enum Piece {
     },
 }
 
-/// A zstd:chunked layer whose metadata has been fetched and authenticated.
+/// A zstd:chunked layer whose TOC has been fetched and authenticated.
 #[derive(Debug)]
 pub struct ChunkedLayer {
     pub toc: Toc,
-    /// The tar-split, when the TOC authenticates one.
-    pub tar_split: Option<Vec<TsEntry>>,
+    /// Where the annotations say the tar-split is (fetched only when needed).
+    tar_split_at: Option<crate::chunked::annotations::Position>,
+    blob_size: u64,
     /// End of the tar frames (start of the TOC's skippable frame).
     pub data_end: u64,
-    /// Bytes of metadata read (TOC and tar-split).
-    pub metadata_bytes: u64,
 }
 
 impl ChunkedLayer {
@@ -159,52 +159,104 @@ impl ChunkedLayer {
             )));
         }
         let toc = Toc::parse(&decompress_limited(&toc_z, MAX_TOC_SIZE, "TOC")?)?;
-        let mut metadata_bytes = toc_z.len() as u64;
-        let tar_split = match (&toc.tar_split_digest, &ann.tar_split) {
-            (Some(d), Some(pos)) => {
-                let r = pos.range();
-                if r.end > blob_size {
-                    return Err(ChunkedError::Corrupt(format!(
-                        "tar-split range {r:?} lies outside the blob"
-                    )));
-                }
-                let z = source
-                    .read_range(r)
-                    .map_err(|e| ChunkedError::Corrupt(format!("reading the tar-split: {e}")))?;
-                metadata_bytes += z.len() as u64;
-                let actual = Digest::of(&z);
-                if actual != *d {
-                    return Err(ChunkedError::Corrupt(format!(
-                        "tar-split hashes to {actual}, the TOC says {d}"
-                    )));
-                }
-                Some(tarsplit::parse(&decompress_limited(
-                    &z,
-                    MAX_TAR_SPLIT_SIZE,
-                    "tar-split",
-                )?)?)
-            }
-            (Some(_), None) => {
-                return Err(ChunkedError::Corrupt(
-                    "the TOC names a tar-split but no annotation locates it".into(),
-                ));
-            }
-            // A tar-split the TOC does not authenticate is not used.
-            (None, _) => None,
-        };
+        if toc.tar_split_digest.is_some() && ann.tar_split.is_none() {
+            return Err(ChunkedError::Corrupt(
+                "the TOC names a tar-split but no annotation locates it".into(),
+            ));
+        }
         Ok(ChunkedLayer {
             toc,
-            tar_split,
+            tar_split_at: ann.tar_split,
+            blob_size,
             data_end: toc_range.start - SKIPPABLE_HEADER,
-            metadata_bytes,
         })
     }
 
-    /// The pieces that rebuild the tar, in order.
-    pub fn pieces(&self) -> Result<Vec<Piece>, ChunkedError> {
+    /// Fetches and authenticates the tar-split, when the TOC names one (a tar-split the TOC
+    /// does not authenticate is never used).
+    pub fn tar_split(
+        &self,
+        source: &dyn RangeSource,
+    ) -> Result<Option<Vec<TsEntry>>, ChunkedError> {
+        let (Some(d), Some(pos)) = (&self.toc.tar_split_digest, &self.tar_split_at) else {
+            return Ok(None);
+        };
+        let r = pos.range();
+        if r.end > self.blob_size {
+            return Err(ChunkedError::Corrupt(format!(
+                "tar-split range {r:?} lies outside the blob"
+            )));
+        }
+        let z = source
+            .read_range(r)
+            .map_err(|e| ChunkedError::Corrupt(format!("reading the tar-split: {e}")))?;
+        let actual = Digest::of(&z);
+        if actual != *d {
+            return Err(ChunkedError::Corrupt(format!(
+                "tar-split hashes to {actual}, the TOC says {d}"
+            )));
+        }
+        Ok(Some(tarsplit::parse(&decompress_limited(
+            &z,
+            MAX_TAR_SPLIT_SIZE,
+            "tar-split",
+        )?)?))
+    }
+
+    /// The TOC's entries (without `chunk` entries) as table-of-contents entries of the store.
+    pub fn entries(&self) -> Result<Vec<Entry>, ChunkedError> {
+        self.toc
+            .entries
+            .iter()
+            .filter(|e| e.kind != "chunk")
+            .map(toc_to_entry)
+            .collect()
+    }
+
+    /// Pieces that rebuild the tar from a stored layer's skeleton, for a layer whose entries
+    /// have the same shape (same paths and metadata, other file contents). Whether the guess is
+    /// right is decided by the DiffID of the result.
+    pub fn borrowed_pieces(
+        &self,
+        skeleton: &Skeleton,
+        stored: &[Entry],
+    ) -> Result<Vec<Piece>, ChunkedError> {
+        let files = self.toc.files(self.data_end)?;
+        let mut next = files.iter();
+        let mut out = Vec::with_capacity(skeleton.segments.len());
+        for seg in &skeleton.segments {
+            match seg {
+                Segment::Raw(b) => out.push(Piece::Raw(b.clone())),
+                Segment::Payload(i) => {
+                    let e = stored.get(*i as usize).ok_or_else(|| {
+                        ChunkedError::Corrupt("stored skeleton is damaged".into())
+                    })?;
+                    let f = next.next().ok_or_else(|| {
+                        ChunkedError::Corrupt("stored skeleton has more files".into())
+                    })?;
+                    if f.size as u64 != e.size {
+                        return Err(ChunkedError::Corrupt(
+                            "stored skeleton differs in file sizes".into(),
+                        ));
+                    }
+                    out.push(file_piece(f));
+                }
+            }
+        }
+        if next.next().is_some() {
+            return Err(ChunkedError::Corrupt(
+                "stored skeleton has fewer files".into(),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The pieces that rebuild the tar from the layer itself: the tar-split (fetched here) or,
+    /// without one, the header frames between files.
+    pub fn pieces(&self, source: &dyn RangeSource) -> Result<Vec<Piece>, ChunkedError> {
         let files = self.toc.files(self.data_end)?;
         let mut out = Vec::new();
-        match &self.tar_split {
+        match &self.tar_split(source)? {
             Some(split) => {
                 // With a tar-split, TOC names must be unique (it refers to files by name).
                 let mut names = std::collections::HashSet::new();
@@ -265,6 +317,55 @@ impl ChunkedLayer {
         }
         Ok(out)
     }
+}
+
+/// Converts a TOC entry to the store's form.
+fn toc_to_entry(t: &TocEntry) -> Result<Entry, ChunkedError> {
+    let bad = |why: &str| ChunkedError::Corrupt(format!("TOC entry {:?}: {why}", t.name));
+    let kind = match t.kind.as_str() {
+        "reg" => EntryKind::Regular,
+        "dir" => EntryKind::Directory,
+        "symlink" => EntryKind::Symlink,
+        "hardlink" => EntryKind::Hardlink,
+        "char" => EntryKind::CharDevice,
+        "block" => EntryKind::BlockDevice,
+        "fifo" => EntryKind::Fifo,
+        _ => return Err(bad("unknown type")),
+    };
+    let path = normalize_path(t.name.as_bytes()).map_err(|e| bad(&e.to_string()))?;
+    let link_target = match kind {
+        EntryKind::Hardlink => {
+            normalize_path(t.link_name.as_bytes()).map_err(|e| bad(&e.to_string()))?
+        }
+        EntryKind::Symlink => t.link_name.as_bytes().to_vec(),
+        _ => Vec::new(),
+    };
+    let mut xattrs = std::collections::BTreeMap::new();
+    for (k, v) in &t.xattrs {
+        let value = base64::engine::general_purpose::STANDARD
+            .decode(v)
+            .map_err(|_| bad("xattr value is not base64"))?;
+        xattrs.insert(k.as_bytes().to_vec(), value);
+    }
+    let id = |v: i64| u32::try_from(v).map_err(|_| bad("id out of range"));
+    Ok(Entry {
+        path,
+        kind,
+        mode: (t.mode & 0o7777) as u32,
+        uid: id(t.uid)?,
+        gid: id(t.gid)?,
+        mtime: t.modtime.unwrap_or_default(),
+        size: if kind == EntryKind::Regular {
+            u64::try_from(t.size).map_err(|_| bad("negative size"))?
+        } else {
+            0
+        },
+        link_target,
+        dev_major: id(t.dev_major)?,
+        dev_minor: id(t.dev_minor)?,
+        xattrs,
+        digest: t.digest,
+    })
 }
 
 fn file_piece(f: &TocEntry) -> Piece {

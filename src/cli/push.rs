@@ -8,14 +8,15 @@ use super::{Ctx, output};
 /// Write a stored image to DEST, re-compressing its layers from their exact tars (DiffIDs are
 /// unchanged).
 ///
-/// DEST is oci:DIR[:TAG] (an OCI image layout, created if missing). zstd:chunked layers are the
+/// DEST is a registry reference ([docker://]HOST[:PORT]/REPO[:TAG]; blobs the registry has are
+/// not uploaded again) or oci:DIR[:TAG] (an OCI image layout, created if missing). zstd:chunked layers are the
 /// current generation (tar-split, 64-byte footer) and carry both the current and the legacy
 /// annotation keys, so that old and new podman alike can pull them partially.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Image name, manifest digest, or a unique digest prefix
     image: String,
-    /// Where to write: oci:DIR[:TAG]
+    /// Where to write: [docker://]HOST/REPO[:TAG] or oci:DIR[:TAG]
     dest: String,
     /// Layer compression
     #[arg(long, value_enum, default_value_t = FormatArg::ZstdChunked)]
@@ -23,6 +24,8 @@ pub struct Args {
     /// Compression level [default: 10 for zstd:chunked, 3 for zstd, 6 for gzip]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=19))]
     compression_level: Option<i32>,
+    #[command(flatten)]
+    registry: super::registry_args::RegistryArgs,
     /// Print one JSON document on stdout
     #[arg(long)]
     json: bool,
@@ -47,6 +50,8 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     let opts = PushOptions {
         format,
         level: a.compression_level,
+        client: a.registry.client_options(),
+        authfile: a.registry.authfile.clone(),
     };
     let r = push(&store, &a.image, &a.dest, &opts, &progress)
         .with_context(|| format!("pushing {} to {}", a.image, a.dest))?;

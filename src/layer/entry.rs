@@ -76,6 +76,20 @@ impl Entry {
     }
 }
 
+/// A digest of a layer's entries with their contents left out: layers of the same shape have the
+/// same paths, types and metadata, so one may share another's tar skeleton (header bytes).
+pub fn shape_digest(entries: &[Entry]) -> Digest {
+    let mut h = crate::digest::Hasher::new();
+    for e in entries {
+        let mut e = e.clone();
+        e.digest = None;
+        h.update(
+            &postcard::to_allocvec(&e).expect("postcard serialisation of an entry cannot fail"),
+        );
+    }
+    h.finish()
+}
+
 /// Why a path from a layer is refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PathError {

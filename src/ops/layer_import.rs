@@ -6,9 +6,10 @@ use std::io::{self, BufRead, BufReader, Read};
 
 use crate::chunked::annotations::ChunkedAnnotations;
 use crate::chunked::reader::{ChunkedLayer, Piece, TarStream, check_toc_matches};
+use crate::db::DbView;
 use crate::digest::{Digest, HashingReader};
 use crate::image::manifest::{Descriptor, LayerFormat};
-use crate::layer::entry::{Entry, normalize_path};
+use crate::layer::entry::{Entry, normalize_path, shape_digest};
 use crate::layer::import::{ImportError, ImportedLayer, ObjectSink, StoredFile, import_tar};
 use crate::ops::pull::PullError;
 use crate::ops::source::PrefetchSource;
@@ -159,10 +160,14 @@ pub enum ChunkedOutcome {
     MostlyMissing,
 }
 
-/// Imports a zstd:chunked layer from a random-access source: reads and authenticates the TOC
-/// (and tar-split), fetches the ranges of files the store lacks (and, for legacy layers, the
-/// header frames between files), rebuilds the tar and verifies every file, the TOC/tar
-/// agreement and the DiffID.
+/// Imports a zstd:chunked layer from a random-access source: reads and authenticates the TOC,
+/// fetches the ranges of files the store lacks, rebuilds the tar and verifies every file, the
+/// TOC/tar agreement and the DiffID.
+///
+/// The non-file bytes of the tar come, in order of preference, from a stored layer of the same
+/// shape (same paths and metadata: typical of a new version of an image; nothing more is
+/// fetched, and the DiffID proves the guess), from the layer's tar-split, or (legacy layers)
+/// from the header frames between its files.
 #[allow(clippy::too_many_arguments)]
 pub fn import_chunked(
     staging: &mut Staging<'_>,
@@ -181,54 +186,122 @@ pub fn import_chunked(
         source,
     };
     let layer = ChunkedLayer::open(source, ann, desc.size).map_err(chunked_err)?;
-    let pieces = layer.pieces().map_err(chunked_err)?;
-    let wanted: Vec<std::ops::Range<u64>> = pieces
-        .iter()
-        .filter_map(|p| match p {
-            Piece::Frames(r) => Some(r.clone()),
-            Piece::File { digest, range, .. } if store.open_object(digest).is_err() => {
-                Some(range.clone())
-            }
-            _ => None,
-        })
-        .collect();
-    let missing: u64 = wanted.iter().map(|r| r.end - r.start).sum();
-    if let Some(fraction) = whole_above
-        && missing as f64 > fraction * desc.size as f64
-    {
-        return Ok(ChunkedOutcome::MostlyMissing);
-    }
-    source.prefetch(&wanted).map_err(|e| PullError::Read {
-        index,
-        digest,
-        source: e,
-    })?;
-    let expected = layer
-        .toc
-        .files(layer.data_end)
-        .map_err(chunked_err)?
-        .into_iter()
-        .map(|f| {
-            let path =
-                normalize_path(f.name.as_bytes()).unwrap_or_else(|_| f.name.as_bytes().to_vec());
-            (path, f.digest.expect("checked by Toc::files"))
-        })
-        .collect();
-    let stream = TarStream::new(pieces, source, |d| store.open_object(d).ok());
-    let mut sink = ExpectingSink { staging, expected };
-    let imported = import_tar(stream, &mut sink).map_err(|source| PullError::Import {
-        index,
-        digest,
+    let ctx = Attempt {
+        store,
         source,
-    })?;
-    check_toc_matches(&layer.toc, &imported.entries).map_err(chunked_err)?;
-    if imported.diff_id != *expected_diff_id {
-        return Err(PullError::DiffId {
+        index,
+        desc,
+        layer: &layer,
+        expected_diff_id,
+        whole_above,
+    };
+    if let Some((skeleton, stored)) = same_shape_layer(store, &layer).map_err(chunked_err)?
+        && let Ok(pieces) = layer.borrowed_pieces(&skeleton, &stored)
+    {
+        // A wrong guess (or any failure) falls back to the layer's own description.
+        if let Ok(outcome) = ctx.run(staging, pieces) {
+            return Ok(outcome);
+        }
+    }
+    let pieces = layer.pieces(source).map_err(chunked_err)?;
+    ctx.run(staging, pieces)
+}
+
+/// The skeleton and entries of a stored layer with the same shape as `layer`, if any.
+fn same_shape_layer(
+    store: &Store,
+    layer: &ChunkedLayer,
+) -> Result<Option<(crate::layer::skeleton::Skeleton, Vec<Entry>)>, crate::chunked::ChunkedError> {
+    let Ok(entries) = layer.entries() else {
+        return Ok(None);
+    };
+    let shape = shape_digest(&entries);
+    let found = (|| -> Result<_, crate::store::StoreError> {
+        let db = store.db()?;
+        let r = db.read()?;
+        let Some(diff_id) = r.layer_by_shape(&shape)? else {
+            return Ok(None);
+        };
+        match (r.skeleton(&diff_id)?, r.toc(&diff_id)?) {
+            (Some(s), Some(t)) => Ok(Some((s, t))),
+            _ => Ok(None),
+        }
+    })();
+    Ok(found.unwrap_or(None))
+}
+
+/// One way of rebuilding a chunked layer's tar.
+struct Attempt<'a> {
+    store: &'a Store,
+    source: &'a dyn PrefetchSource,
+    index: usize,
+    desc: &'a Descriptor,
+    layer: &'a ChunkedLayer,
+    expected_diff_id: &'a Digest,
+    whole_above: Option<f64>,
+}
+
+impl Attempt<'_> {
+    fn run(
+        &self,
+        staging: &mut Staging<'_>,
+        pieces: Vec<Piece>,
+    ) -> Result<ChunkedOutcome, PullError> {
+        let (index, digest) = (self.index, self.desc.digest);
+        let chunked_err = |source| PullError::Chunked {
             index,
             digest,
-            expected: *expected_diff_id,
-            actual: imported.diff_id,
-        });
+            source,
+        };
+        let wanted: Vec<std::ops::Range<u64>> = pieces
+            .iter()
+            .filter_map(|p| match p {
+                Piece::Frames(r) => Some(r.clone()),
+                Piece::File { digest, range, .. } if self.store.open_object(digest).is_err() => {
+                    Some(range.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        let missing: u64 = wanted.iter().map(|r| r.end - r.start).sum();
+        if let Some(fraction) = self.whole_above
+            && missing as f64 > fraction * self.desc.size as f64
+        {
+            return Ok(ChunkedOutcome::MostlyMissing);
+        }
+        self.source.prefetch(&wanted).map_err(|e| PullError::Read {
+            index,
+            digest,
+            source: e,
+        })?;
+        let expected = self
+            .layer
+            .toc
+            .files(self.layer.data_end)
+            .map_err(chunked_err)?
+            .into_iter()
+            .map(|f| {
+                let path = normalize_path(f.name.as_bytes())
+                    .unwrap_or_else(|_| f.name.as_bytes().to_vec());
+                (path, f.digest.expect("checked by Toc::files"))
+            })
+            .collect();
+        let stream = TarStream::new(pieces, self.source, |d| self.store.open_object(d).ok());
+        let mut sink = ExpectingSink { staging, expected };
+        let imported = import_tar(stream, &mut sink).map_err(|source| PullError::Import {
+            index,
+            digest,
+            source,
+        })?;
+        check_toc_matches(&self.layer.toc, &imported.entries).map_err(chunked_err)?;
+        if imported.diff_id != *self.expected_diff_id {
+            return Err(PullError::DiffId {
+                index,
+                digest,
+                expected: *self.expected_diff_id,
+                actual: imported.diff_id,
+            });
+        }
+        Ok(ChunkedOutcome::Imported(imported))
     }
-    Ok(ChunkedOutcome::Imported(imported))
 }

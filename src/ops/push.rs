@@ -13,9 +13,10 @@ use crate::db::DbView;
 use crate::digest::{Digest, HashingReader, HashingWriter};
 use crate::image::manifest::{OCI_INDEX, OCI_MANIFEST};
 use crate::image::oci_layout::REF_NAME;
-use crate::image::reference::{Location, ReferenceError};
+use crate::image::reference::{Location, Reference, ReferenceError};
 use crate::ops::export::open_entry;
 use crate::progress::Progress;
+use crate::registry::client::{ClientOptions, Registry, RegistryError};
 use crate::store::{LockMode, Store, StoreError};
 
 /// Layer encodings `push` writes.
@@ -53,11 +54,15 @@ impl PushFormat {
 }
 
 /// Options of a push.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct PushOptions {
     pub format: PushFormat,
     /// Compression level (default: the format's).
     pub level: Option<i32>,
+    /// How to reach a registry.
+    pub client: ClientOptions,
+    /// Auth file to read credentials from (else the usual places).
+    pub authfile: Option<PathBuf>,
 }
 
 /// Errors of a push.
@@ -81,6 +86,10 @@ pub enum PushError {
     },
     #[error("{context}: {source}")]
     Io { context: String, source: io::Error },
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    AuthFile(#[from] crate::registry::auth::AuthFileError),
     #[error("{0}")]
     Unsupported(String),
 }
@@ -112,7 +121,7 @@ pub struct PushReport {
     pub pushed_bytes: u64,
 }
 
-/// Pushes image `query` to `dest` (`oci:DIR[:TAG]`).
+/// Pushes image `query` to `dest` (`oci:DIR[:TAG]` or a registry reference).
 pub fn push(
     store: &Store,
     query: &str,
@@ -120,12 +129,22 @@ pub fn push(
     opts: &PushOptions,
     progress: &dyn Progress,
 ) -> Result<PushReport, PushError> {
-    let (dir, tag) = match Location::parse(dest)? {
-        Location::OciLayout { dir, tag } => (dir, tag),
-        Location::Registry(r) => {
-            return Err(PushError::Unsupported(format!(
-                "cannot push to {r}: pushing to registries is not implemented yet; use oci:DIR[:TAG]"
-            )));
+    let location = Location::parse(dest)?;
+    let destination_name = location.local_name();
+    let out: Box<dyn BlobDest> = match location {
+        Location::OciLayout { dir, tag } => Box::new(LayoutWriter::create(&dir, tag)?),
+        Location::Registry(reference) => {
+            let mut client = opts.client.clone();
+            if client.credentials.is_none() {
+                client.credentials =
+                    crate::registry::auth::lookup(&reference.registry, opts.authfile.as_deref())?;
+            }
+            let registry = Registry::new(&reference.registry, &client)?;
+            Box::new(RegistryDest {
+                registry,
+                reference,
+                tmp: store.tmp_dir(),
+            })
         }
     };
     let _lock = store.lock(LockMode::Shared, progress)?;
@@ -147,14 +166,13 @@ pub fn push(
         }
         (image, layers)
     };
-    let layout = LayoutWriter::create(&dir)?;
     let level = opts.level.unwrap_or(opts.format.default_level());
     let mut pushed = Vec::new();
     let mut pushed_bytes = 0u64;
     let total = layers.len();
     for (index, (diff_id, toc, skeleton)) in layers.iter().enumerate() {
         progress.layer_started(index, total, &diff_id.to_string(), 0);
-        let (tmp, file) = layout.temp_blob()?;
+        let (tmp, file) = out.temp_blob()?;
         let written = write_layer(store, toc, skeleton, file, opts.format, level, index);
         let (digest, size, actual_diff, annotations) = match written {
             Ok(w) => w,
@@ -171,8 +189,7 @@ pub fn push(
                 actual: actual_diff,
             });
         }
-        layout.commit_blob(&tmp, &digest)?;
-        pushed_bytes += size;
+        pushed_bytes += out.commit_blob(&tmp, &digest, size)?;
         progress.layer_finished(index, size, false);
         pushed.push(PushedLayer {
             digest,
@@ -183,7 +200,8 @@ pub fn push(
             annotations,
         });
     }
-    let config_digest = layout.put_blob(&image.config)?;
+    let (config_digest, n) = out.put_blob(&image.config)?;
+    pushed_bytes += n;
     let manifest = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
@@ -201,11 +219,11 @@ pub fn push(
         }).collect::<Vec<_>>(),
     });
     let manifest_bytes = serde_json::to_vec(&manifest).expect("serialising a manifest cannot fail");
-    let manifest_digest = layout.put_blob(&manifest_bytes)?;
-    layout.add_to_index(manifest_digest, manifest_bytes.len() as u64, tag.as_deref())?;
-    pushed_bytes += (image.config.len() + manifest_bytes.len()) as u64;
+    let manifest_digest = Digest::of(&manifest_bytes);
+    out.put_manifest(&manifest_bytes, manifest_digest)?;
+    pushed_bytes += manifest_bytes.len() as u64;
     Ok(PushReport {
-        destination: Location::OciLayout { dir, tag }.local_name(),
+        destination: destination_name,
         manifest_digest,
         config_digest,
         layers: pushed,
@@ -264,13 +282,103 @@ fn write_layer(
     })
 }
 
+/// Where pushed blobs and the manifest go.
+trait BlobDest {
+    /// A new temporary file for a blob being written.
+    fn temp_blob(&self) -> Result<(PathBuf, File), PushError>;
+    /// Makes a finished temp blob available under its digest; returns bytes transferred.
+    fn commit_blob(&self, tmp: &Path, digest: &Digest, size: u64) -> Result<u64, PushError>;
+    /// Stores a small blob; returns its digest and bytes transferred.
+    fn put_blob(&self, bytes: &[u8]) -> Result<(Digest, u64), PushError> {
+        let digest = Digest::of(bytes);
+        let (tmp, mut f) = self.temp_blob()?;
+        f.write_all(bytes).map_err(io_ctx("writing a blob"))?;
+        drop(f);
+        let n = self.commit_blob(&tmp, &digest, bytes.len() as u64)?;
+        Ok((digest, n))
+    }
+    /// Stores the manifest and names it.
+    fn put_manifest(&self, bytes: &[u8], digest: Digest) -> Result<(), PushError>;
+}
+
 /// Writes blobs and the index of an OCI layout, creating it if needed.
 struct LayoutWriter {
     dir: PathBuf,
+    tag: Option<String>,
+}
+
+/// Uploads blobs (those the registry lacks) and the manifest to a registry.
+struct RegistryDest {
+    registry: Registry,
+    reference: Reference,
+    tmp: PathBuf,
+}
+
+impl BlobDest for RegistryDest {
+    fn temp_blob(&self) -> Result<(PathBuf, File), PushError> {
+        temp_file_in(&self.tmp)
+    }
+    fn commit_blob(&self, tmp: &Path, digest: &Digest, size: u64) -> Result<u64, PushError> {
+        let repo = &self.reference.repository;
+        let result = (|| {
+            if self.registry.has_blob(repo, digest)? {
+                return Ok(0);
+            }
+            self.registry
+                .upload_blob(repo, digest, || File::open(tmp), size)?;
+            Ok(size)
+        })();
+        let _ = std::fs::remove_file(tmp);
+        result
+    }
+    fn put_manifest(&self, bytes: &[u8], digest: Digest) -> Result<(), PushError> {
+        let reference = match (&self.reference.tag, &self.reference.digest) {
+            (Some(t), _) => t.clone(),
+            (None, _) => digest.to_string(),
+        };
+        Ok(self.registry.put_manifest(
+            &self.reference.repository,
+            &reference,
+            OCI_MANIFEST,
+            bytes,
+        )?)
+    }
+}
+
+fn temp_file_in(dir: &Path) -> Result<(PathBuf, File), PushError> {
+    for n in 0..1000u32 {
+        let p = dir.join(format!(".tmp-push-{}-{n}", std::process::id()));
+        match File::create_new(&p) {
+            Ok(f) => return Ok((p, f)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(io_ctx(format!("creating a temp file in {}", dir.display()))(e)),
+        }
+    }
+    Err(PushError::Unsupported(format!(
+        "cannot create a temp file in {}",
+        dir.display()
+    )))
+}
+
+impl BlobDest for LayoutWriter {
+    fn temp_blob(&self) -> Result<(PathBuf, File), PushError> {
+        temp_file_in(&self.dir.join("blobs").join("sha256"))
+    }
+    fn commit_blob(&self, tmp: &Path, digest: &Digest, size: u64) -> Result<u64, PushError> {
+        let f = File::open(tmp).map_err(io_ctx("syncing a blob"))?;
+        f.sync_all().map_err(io_ctx("syncing a blob"))?;
+        let dest = self.dir.join("blobs").join("sha256").join(digest.hex());
+        std::fs::rename(tmp, &dest).map_err(io_ctx(format!("writing {}", dest.display())))?;
+        Ok(size)
+    }
+    fn put_manifest(&self, bytes: &[u8], digest: Digest) -> Result<(), PushError> {
+        self.put_blob(bytes)?;
+        self.add_to_index(digest, bytes.len() as u64, self.tag.as_deref())
+    }
 }
 
 impl LayoutWriter {
-    fn create(dir: &Path) -> Result<LayoutWriter, PushError> {
+    fn create(dir: &Path, tag: Option<String>) -> Result<LayoutWriter, PushError> {
         let blobs = dir.join("blobs").join("sha256");
         std::fs::create_dir_all(&blobs).map_err(io_ctx(format!("creating {}", blobs.display())))?;
         let marker = dir.join("oci-layout");
@@ -280,39 +388,8 @@ impl LayoutWriter {
         }
         Ok(LayoutWriter {
             dir: dir.to_path_buf(),
+            tag,
         })
-    }
-
-    fn temp_blob(&self) -> Result<(PathBuf, File), PushError> {
-        let blobs = self.dir.join("blobs").join("sha256");
-        for n in 0..1000u32 {
-            let p = blobs.join(format!(".tmp-{}-{n}", std::process::id()));
-            match File::create_new(&p) {
-                Ok(f) => return Ok((p, f)),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(io_ctx(format!("creating a blob in {}", blobs.display()))(e)),
-            }
-        }
-        Err(PushError::Unsupported(format!(
-            "cannot create a temp file in {}",
-            blobs.display()
-        )))
-    }
-
-    fn commit_blob(&self, tmp: &Path, digest: &Digest) -> Result<(), PushError> {
-        let f = File::open(tmp).map_err(io_ctx("syncing a blob"))?;
-        f.sync_all().map_err(io_ctx("syncing a blob"))?;
-        let dest = self.dir.join("blobs").join("sha256").join(digest.hex());
-        std::fs::rename(tmp, &dest).map_err(io_ctx(format!("writing {}", dest.display())))
-    }
-
-    fn put_blob(&self, bytes: &[u8]) -> Result<Digest, PushError> {
-        let digest = Digest::of(bytes);
-        let (tmp, mut f) = self.temp_blob()?;
-        f.write_all(bytes).map_err(io_ctx("writing a blob"))?;
-        drop(f);
-        self.commit_blob(&tmp, &digest)?;
-        Ok(digest)
     }
 
     /// Adds the manifest to `index.json`, replacing an entry with the same tag.

@@ -275,7 +275,7 @@ impl Registry {
                         || resp.status() == StatusCode::TOO_MANY_REQUESTS =>
                 {
                     if attempt >= self.retries {
-                        return Err(status_error(&url, resp));
+                        return Err(status_error(resp));
                     }
                     resp.headers()
                         .get(reqwest::header::RETRY_AFTER)
@@ -443,7 +443,7 @@ impl Registry {
                     Ok(RangeReply::Parts(vec![(r, body)], n))
                 }
             }
-            _ => Err(status_error(&url, resp)),
+            _ => Err(status_error(resp)),
         }
     }
 
@@ -457,7 +457,7 @@ impl Registry {
         match resp.status() {
             s if s.is_success() => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
-            _ => Err(status_error(&resp.url().to_string(), resp)),
+            _ => Err(status_error(resp)),
         }
     }
 
@@ -543,13 +543,14 @@ fn header_str(h: &HeaderMap, name: impl reqwest::header::AsHeaderName) -> Option
         .map(str::to_string)
 }
 
-fn status_error(url: &str, resp: Response) -> RegistryError {
+fn status_error(resp: Response) -> RegistryError {
+    let url = resp.url().to_string();
     let status = resp.status();
     let body = read_limited(resp, 4096)
         .map(|b| String::from_utf8_lossy(&b).trim().to_string())
         .unwrap_or_default();
     RegistryError::Status {
-        url: url.to_string(),
+        url,
         status,
         body: body.chars().take(300).collect(),
     }
@@ -559,7 +560,7 @@ fn ok_or_status(resp: Response) -> Result<Response, RegistryError> {
     if resp.status().is_success() {
         Ok(resp)
     } else {
-        Err(status_error(&resp.url().to_string(), resp))
+        Err(status_error(resp))
     }
 }
 
