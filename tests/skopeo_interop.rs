@@ -8,37 +8,6 @@ use std::process::Command;
 
 use common::*;
 
-/// Runs skopeo with a private, empty blob-info cache (as root, in a private mount namespace),
-/// so that it cannot reuse a blob it converted for another test or run.
-fn skopeo(tmp: &Path, args: &[&str]) -> String {
-    let cache = tmp.join("blob-info-cache");
-    std::fs::create_dir_all(&cache).unwrap();
-    let mut cmd = if is_root() {
-        std::fs::create_dir_all("/var/lib/containers/cache").unwrap();
-        let mut c = Command::new("unshare");
-        c.args([
-            "--mount",
-            "--propagation",
-            "private",
-            "--",
-            "sh",
-            "-c",
-            r#"mount --bind "$0" /var/lib/containers/cache && exec skopeo "$@""#,
-        ])
-        .arg(&cache);
-        c
-    } else {
-        Command::new("skopeo")
-    };
-    let out = cmd.args(args).output().expect("running skopeo");
-    assert!(
-        out.status.success(),
-        "skopeo {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// The layer descriptors of a tagged image in a layout.
 fn pushed_manifest_layers(layout: &Path, tag: &str) -> Vec<serde_json::Value> {
     let index: serde_json::Value =

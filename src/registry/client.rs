@@ -102,10 +102,11 @@ pub fn is_loopback(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Installs rustls's ring provider for every HTTP client of the process (idempotent).
 // ring is deprecated in rustls only for lacking post-quantum key exchange; zstore uses it to keep
 // cold builds short (aws-lc-rs takes about a minute longer on two cores).
 #[allow(deprecated)]
-fn install_crypto_provider() {
+pub fn install_crypto_provider() {
     // Several calls race harmlessly: only the first installation wins.
     let _ = rustls::crypto::ring::default_provider().install_default();
 }

@@ -340,3 +340,34 @@ pub fn wait_for_hook(dir: &Path, point: &str) {
 pub fn release_hook(dir: &Path, point: &str) {
     std::fs::write(dir.join(format!("{point}.continue")), b"").unwrap();
 }
+
+/// Runs skopeo with a private, empty blob-info cache (as root, in a private mount namespace),
+/// so that it cannot reuse a blob it converted for another test or run.
+pub fn skopeo(tmp: &Path, args: &[&str]) -> String {
+    let cache = tmp.join("blob-info-cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let mut cmd = if is_root() {
+        std::fs::create_dir_all("/var/lib/containers/cache").unwrap();
+        let mut c = Command::new("unshare");
+        c.args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            r#"mount --bind "$0" /var/lib/containers/cache && exec skopeo "$@""#,
+        ])
+        .arg(&cache);
+        c
+    } else {
+        Command::new("skopeo")
+    };
+    let out = cmd.args(args).output().expect("running skopeo");
+    assert!(
+        out.status.success(),
+        "skopeo {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

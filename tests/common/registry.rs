@@ -194,6 +194,7 @@ impl TestRegistry {
 
     /// Number of requests in the access log.
     pub fn requests(&self) -> usize {
+        zstore::registry::client::install_crypto_provider();
         std::fs::read_to_string(self.dir.join("access.log"))
             .unwrap_or_default()
             .lines()
@@ -204,6 +205,7 @@ impl TestRegistry {
 
 /// Waits (bounded) until an HTTP endpoint accepts connections and answers.
 fn wait_until_answers(url: &str) {
+    zstore::registry::client::install_crypto_provider();
     let client = reqwest::blocking::Client::builder()
         .timeout(std::time::Duration::from_secs(2))
         .build()
