@@ -103,7 +103,7 @@ pub enum PullError {
         digest: Digest,
         source: ImportError,
     },
-    #[error("layer {index} ({digest}): reading or decompressing: {source}")]
+    #[error("layer {index} ({digest}): reading or decompressing: {}", crate::registry::client::error_chain(.source))]
     Read {
         index: usize,
         digest: Digest,

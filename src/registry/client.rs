@@ -25,7 +25,7 @@ use crate::registry::ranges::{self, RangeError};
 /// Errors talking to a registry.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    #[error("{url}: {source}")]
+    #[error("{url}: {}", error_chain(.source))]
     Http { url: String, source: reqwest::Error },
     #[error("{url}: {status}{}", if .body.is_empty() { String::new() } else { format!(": {}", .body) })]
     Status {
@@ -565,12 +565,27 @@ fn ok_or_status(resp: Response) -> Result<Response, RegistryError> {
     }
 }
 
+/// An error and its sources, joined ("error decoding response body: operation timed out").
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}
+
 /// Reads a response body, refusing more than `limit` bytes.
 fn read_limited(resp: Response, limit: u64) -> Result<Vec<u8>, String> {
     let mut buf = Vec::new();
     resp.take(limit + 1)
         .read_to_end(&mut buf)
-        .map_err(|e| format!("reading the response: {e}"))?;
+        .map_err(|e| format!("reading the response: {}", error_chain(&e)))?;
     if buf.len() as u64 > limit {
         return Err(format!("response larger than the {limit}-byte limit"));
     }
