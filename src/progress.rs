@@ -11,8 +11,9 @@ pub trait Progress: Send + Sync {
     fn layer_started(&self, _index: usize, _total: usize, _digest: &str, _size: u64) {}
     /// `bytes` more bytes of layer `index` were read.
     fn layer_advanced(&self, _index: usize, _bytes: u64) {}
-    /// Layer `index` is done: `fetched` bytes read from the source, `skipped` bytes not needed.
-    fn layer_finished(&self, _index: usize, _fetched: u64, _reused: bool) {}
+    /// Layer `index` is done: `fetched` bytes read from the source, `skipped` bytes of the blob
+    /// not needed (already in the store), of `size`.
+    fn layer_finished(&self, _index: usize, _fetched: u64, _skipped: u64, _size: u64) {}
     /// A phase with `total` steps starts (checkout files, fsck objects, gc objects).
     fn phase_started(&self, _name: &str, _total: u64) {}
     /// `n` more steps of the current phase are done.

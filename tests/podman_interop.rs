@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::registry::{AuthKind, TestRegistry};
+use common::registry::{self, AuthKind};
 use common::*;
 
 /// An isolated podman (its own graphroot, configs and blob-info cache) with partial pulls on.
@@ -166,7 +166,7 @@ fn podman_pulls_zstore_zstd_chunked_partially() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let Some(reg) = TestRegistry::start(AuthKind::Anonymous, tmp.path()) else {
+    let Some(reg) = registry::start(AuthKind::Anonymous, tmp.path()) else {
         return;
     };
     let mut src = Layout::new(&tmp.path().join("src"));

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::registry::{AuthKind, PASS, TestRegistry, USER};
+use common::registry::{self, AuthKind, PASS, TestRegistry, USER};
 use common::*;
 
 const FILES: usize = 120;
@@ -58,7 +58,7 @@ fn zstd_chunked_second_image_fetches_only_the_toc_and_the_changed_file() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let Some(reg) = TestRegistry::start(AuthKind::Anonymous, tmp.path()) else {
+    let Some(reg) = registry::start(AuthKind::Anonymous, tmp.path()) else {
         return;
     };
     let src = push_fixtures(tmp.path(), &reg, "zstd:chunked", &[]);
@@ -126,7 +126,7 @@ fn gzip_pair_is_downloaded_whole_but_stored_once() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let Some(reg) = TestRegistry::start(AuthKind::Anonymous, tmp.path()) else {
+    let Some(reg) = registry::start(AuthKind::Anonymous, tmp.path()) else {
         return;
     };
     push_fixtures(tmp.path(), &reg, "gzip", &[]);
@@ -152,7 +152,7 @@ fn auth_round_trip(kind: AuthKind) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let Some(reg) = TestRegistry::start(kind, tmp.path()) else {
+    let Some(reg) = registry::start(kind, tmp.path()) else {
         return;
     };
     let creds = format!("{USER}:{PASS}");
@@ -222,7 +222,7 @@ fn bearer_token_auth() {
 #[test]
 fn push_zstd_chunked_then_pull_and_push_again() {
     let tmp = tempfile::tempdir().unwrap();
-    let Some(reg) = TestRegistry::start(AuthKind::Anonymous, tmp.path()) else {
+    let Some(reg) = registry::start(AuthKind::Anonymous, tmp.path()) else {
         return;
     };
     let mut src = Layout::new(&tmp.path().join("src"));

@@ -7,6 +7,8 @@ use std::sync::Mutex;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use zstore::progress::Progress;
 
+use crate::cli::output;
+
 pub struct CliProgress {
     quiet: bool,
     bars: Option<MultiProgress>,
@@ -82,22 +84,27 @@ impl Progress for CliProgress {
             bar.inc(bytes);
         }
     }
-    fn layer_finished(&self, index: usize, fetched: u64, reused: bool) {
-        if let Some(Some(bar)) = self
-            .layers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(index)
-        {
-            if reused {
-                bar.finish_with_message("already stored");
-            } else {
-                bar.finish_with_message(format!(
-                    "done ({} read)",
-                    crate::cli::output::bytes(fetched)
-                ));
-            }
-        }
+    fn layer_finished(&self, index: usize, fetched: u64, skipped: u64, size: u64) {
+        let layers = self.layers.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(Some(bar)) = layers.get(index) else {
+            return;
+        };
+        let pct = if size > 0 {
+            skipped as f64 * 100.0 / size as f64
+        } else {
+            0.0
+        };
+        bar.finish_with_message(if fetched == 0 {
+            "already stored".to_string()
+        } else if skipped > 0 {
+            format!(
+                "fetched {}, skipped: {} ({pct:.2}%)",
+                output::bytes(fetched),
+                output::bytes(skipped)
+            )
+        } else {
+            format!("fetched {}", output::bytes(fetched))
+        });
     }
     fn phase_started(&self, name: &str, total: u64) {
         let Some(m) = &self.bars else { return };

@@ -51,14 +51,23 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     } else if !ctx.quiet {
         let files: u64 = report.layers.iter().map(|l| l.files).sum();
         let reused: u64 = report.layers.iter().map(|l| l.reused_files).sum();
-        println!("pulled {} ({})", report.image, report.manifest_digest);
+        let size: u64 = report.layers.iter().map(|l| l.size).sum();
+        let layer_bytes: u64 = report.layers.iter().map(|l| l.fetched_bytes).sum();
+        let skipped = size.saturating_sub(layer_bytes);
+        let pct = if size > 0 {
+            skipped as f64 * 100.0 / size as f64
+        } else {
+            0.0
+        };
         println!(
-            "  {} layers, {} files ({} already stored), read {}, reused {}",
+            "pulled {} ({}): {} layers, {} files ({} already stored); fetched {}, skipped: {} ({pct:.2}%)",
+            report.image,
+            report.manifest_digest,
             report.layers.len(),
             files,
             reused,
             output::bytes(report.fetched_bytes),
-            output::bytes(report.reused_bytes)
+            output::bytes(skipped),
         );
         if ctx.verbose > 0 {
             for (i, l) in report.layers.iter().enumerate() {

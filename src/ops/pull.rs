@@ -361,7 +361,14 @@ fn pull_from(
             report.reused_bytes = layer.reused_bytes;
             imported.insert(*diff_id, layer);
         }
-        progress.layer_finished(index, report.fetched_bytes, report.fetched_bytes == 0);
+        let skipped = if report.fetched_bytes == 0 {
+            report.size
+        } else if report.partial {
+            report.size.saturating_sub(report.fetched_bytes)
+        } else {
+            0
+        };
+        progress.layer_finished(index, report.fetched_bytes, skipped, report.size);
         reports.push(report);
     }
 

@@ -190,7 +190,7 @@ pub fn push(
             });
         }
         pushed_bytes += out.commit_blob(&tmp, &digest, size)?;
-        progress.layer_finished(index, size, false);
+        progress.layer_finished(index, size, 0, size);
         pushed.push(PushedLayer {
             digest,
             diff_id: *diff_id,

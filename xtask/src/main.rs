@@ -10,9 +10,10 @@ use anyhow::{Context, bail};
 const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
-  demo    build zstore, make two near-identical images in an OCI layout, pull both, show
-          what was reused and what the store costs, check one out by hardlink, then
-          fsck, rm and gc; everything runs in a temp directory and is removed afterwards";
+  demo    a zstd:chunked partial pull end to end, without internet: start a registry on
+          loopback (installing docker-registry if missing and root), push two near-identical
+          images with zstore, pull them into a second store (the second fetches almost
+          nothing), check one out by hardlink; everything is removed afterwards";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
