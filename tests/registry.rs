@@ -259,3 +259,57 @@ fn push_zstd_chunked_then_pull_and_push_again() {
     );
     assert_same_tree(&a, &b, "pushed and pulled back");
 }
+
+#[test]
+fn layers_of_one_image_are_fetched_together() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(reg) = registry::start(AuthKind::Anonymous, tmp.path()) else {
+        return;
+    };
+    let mut src = Layout::new(&tmp.path().join("src"));
+    let layers: Vec<(Vec<u8>, Compression)> = (0..4)
+        .map(|i| {
+            let mut t = TarBuilder::new();
+            t.file(
+                &format!("layer{i}/data"),
+                &pseudo_random(200_000, 100 + i),
+                &Meta::default(),
+            );
+            (t.finish(), Compression::Gzip)
+        })
+        .collect();
+    src.add_image("multi", &layers);
+    let zs = Zs::new(&tmp.path().join("store"));
+    zs.ok(&["pull", &src.source("multi")]);
+    for format in ["gzip", "zstd:chunked"] {
+        let image = format!("{}/zstore/multi:{}", reg.host, format.replace(':', "-"));
+        zs.ok(&["push", &src.source("multi"), &image, "--format", format]);
+        let node = Zs::new(
+            &tmp.path()
+                .join(format!("node-{}", format.replace(':', "-"))),
+        );
+        let r = node.json(&["pull", &image]);
+        assert_eq!(r["layers"].as_array().unwrap().len(), 4);
+        for l in r["layers"].as_array().unwrap() {
+            assert!(
+                l["fetched_bytes"].as_u64().unwrap() >= 200_000,
+                "{format}: {r}"
+            );
+            assert_eq!(l["diff_id_verified"], true);
+        }
+        let dest = tmp.path().join(format!("co-{}", format.replace(':', "-")));
+        node.ok(&["checkout", &image, dest.to_str().unwrap(), "--mode", "copy"]);
+        for i in 0..4u64 {
+            assert_eq!(
+                std::fs::read(dest.join(format!("layer{i}/data"))).unwrap(),
+                pseudo_random(200_000, 100 + i)
+            );
+        }
+        assert_eq!(node.json(&["fsck"])["errors"], serde_json::json!([]));
+        assert_eq!(
+            std::fs::read_dir(node.root.join("tmp")).unwrap().count(),
+            0,
+            "no spool files left"
+        );
+    }
+}

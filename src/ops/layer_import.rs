@@ -153,155 +153,173 @@ impl ObjectSink for ExpectingSink<'_, '_> {
     }
 }
 
-/// What [`import_chunked`] did.
-pub enum ChunkedOutcome {
-    Imported(ImportedLayer),
-    /// More than the given fraction of the blob is missing: the caller downloads it whole.
-    MostlyMissing,
+/// A zstd:chunked layer ready to import: its authenticated TOC, the pieces chosen to rebuild
+/// its tar, and the source (whose missing ranges are already prefetched).
+pub struct ChunkedPlan<'a> {
+    pub source: Box<dyn PrefetchSource + Send + 'a>,
+    layer: ChunkedLayer,
+    pieces: Vec<Piece>,
+    /// The pieces borrow a stored layer's skeleton (a guess the DiffID confirms or refutes).
+    borrowed: bool,
 }
 
-/// Imports a zstd:chunked layer from a random-access source: reads and authenticates the TOC,
-/// fetches the ranges of files the store lacks, rebuilds the tar and verifies every file, the
-/// TOC/tar agreement and the DiffID.
-///
-/// The non-file bytes of the tar come, in order of preference, from a stored layer of the same
-/// shape (same paths and metadata: typical of a new version of an image; nothing more is
-/// fetched, and the DiffID proves the guess), from the layer's tar-split, or (legacy layers)
-/// from the header frames between its files.
-#[allow(clippy::too_many_arguments)]
-pub fn import_chunked(
-    staging: &mut Staging<'_>,
+/// The outcome of [`plan_chunked`].
+pub enum Planned<'a> {
+    Ready(ChunkedPlan<'a>),
+    /// More than `whole_above` of the blob is missing: download it whole instead (the TOC
+    /// already cost `metadata_read` bytes).
+    Whole {
+        metadata_read: u64,
+    },
+}
+
+/// Reads a zstd:chunked layer's TOC and chooses how to rebuild its tar: in order of
+/// preference from a stored layer of the same shape (same paths and metadata: typical of a new
+/// version of an image; nothing beyond the missing files is fetched, and the DiffID proves the
+/// guess), from the layer's tar-split, or (legacy layers) from the header frames between its
+/// files. Then prefetches every missing range.
+pub fn plan_chunked<'a>(
     store: &Store,
-    source: &dyn PrefetchSource,
+    source: Box<dyn PrefetchSource + Send + 'a>,
     index: usize,
     desc: &Descriptor,
     ann: &ChunkedAnnotations,
-    expected_diff_id: &Digest,
     whole_above: Option<f64>,
-) -> Result<ChunkedOutcome, PullError> {
+) -> Result<Planned<'a>, PullError> {
     let digest = desc.digest;
     let chunked_err = |source| PullError::Chunked {
         index,
         digest,
         source,
     };
-    let layer = ChunkedLayer::open(source, ann, desc.size).map_err(chunked_err)?;
-    let ctx = Attempt {
-        store,
-        source,
-        index,
-        desc,
-        layer: &layer,
-        expected_diff_id,
-        whole_above,
-    };
-    if let Some((skeleton, stored)) = same_shape_layer(store, &layer).map_err(chunked_err)?
-        && let Ok(pieces) = layer.borrowed_pieces(&skeleton, &stored)
+    let layer = ChunkedLayer::open(source.as_ref(), ann, desc.size).map_err(chunked_err)?;
+    // Decide on the TOC alone, before fetching anything else.
+    let missing_files: u64 = layer
+        .toc
+        .files(layer.data_end)
+        .map_err(chunked_err)?
+        .iter()
+        .filter(|f| f.digest.is_none_or(|d| store.open_object(&d).is_err()))
+        .map(|f| (f.end_offset - f.offset) as u64)
+        .sum();
+    if let Some(fraction) = whole_above
+        && missing_files as f64 > fraction * desc.size as f64
     {
-        // A wrong guess (or any failure) falls back to the layer's own description.
-        if let Ok(outcome) = ctx.run(staging, pieces) {
-            return Ok(outcome);
-        }
+        return Ok(Planned::Whole {
+            metadata_read: source.bytes_read(),
+        });
     }
-    let pieces = layer.pieces(source).map_err(chunked_err)?;
-    ctx.run(staging, pieces)
+    let borrowed = same_shape_layer(store, &layer)
+        .and_then(|(skeleton, stored)| layer.borrowed_pieces(&skeleton, &stored).ok());
+    let (pieces, borrowed) = match borrowed {
+        Some(p) => (p, true),
+        None => (layer.pieces(source.as_ref()).map_err(chunked_err)?, false),
+    };
+    let wanted = missing_ranges(store, &pieces);
+    source.prefetch(&wanted).map_err(|e| PullError::Read {
+        index,
+        digest,
+        source: e,
+    })?;
+    Ok(Planned::Ready(ChunkedPlan {
+        source,
+        layer,
+        pieces,
+        borrowed,
+    }))
+}
+
+/// Ranges of the blob the pieces need that the store cannot supply.
+fn missing_ranges(store: &Store, pieces: &[Piece]) -> Vec<std::ops::Range<u64>> {
+    pieces
+        .iter()
+        .filter_map(|p| match p {
+            Piece::Frames(r) => Some(r.clone()),
+            Piece::File { digest, range, .. } if store.open_object(digest).is_err() => {
+                Some(range.clone())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Imports a planned zstd:chunked layer, verifying every file against the TOC, the TOC against
+/// the tar's headers and the tar against the DiffID. A borrowed skeleton that turns out wrong
+/// falls back to the layer's own description.
+pub fn import_planned(
+    staging: &mut Staging<'_>,
+    store: &Store,
+    plan: ChunkedPlan<'_>,
+    index: usize,
+    desc: &Descriptor,
+    expected_diff_id: &Digest,
+) -> Result<(ImportedLayer, u64), PullError> {
+    let digest = desc.digest;
+    let chunked_err = |source| PullError::Chunked {
+        index,
+        digest,
+        source,
+    };
+    let source = plan.source.as_ref();
+    let attempt =
+        |staging: &mut Staging<'_>, pieces: Vec<Piece>| -> Result<ImportedLayer, PullError> {
+            let expected = plan
+                .layer
+                .toc
+                .files(plan.layer.data_end)
+                .map_err(chunked_err)?
+                .into_iter()
+                .map(|f| {
+                    let path = normalize_path(f.name.as_bytes())
+                        .unwrap_or_else(|_| f.name.as_bytes().to_vec());
+                    (path, f.digest.expect("checked by Toc::files"))
+                })
+                .collect();
+            let stream = TarStream::new(pieces, source, |d| store.open_object(d).ok());
+            let mut sink = ExpectingSink { staging, expected };
+            let imported = import_tar(stream, &mut sink).map_err(|source| PullError::Import {
+                index,
+                digest,
+                source,
+            })?;
+            check_toc_matches(&plan.layer.toc, &imported.entries).map_err(chunked_err)?;
+            if imported.diff_id != *expected_diff_id {
+                return Err(PullError::DiffId {
+                    index,
+                    digest,
+                    expected: *expected_diff_id,
+                    actual: imported.diff_id,
+                });
+            }
+            Ok(imported)
+        };
+    let imported = match attempt(staging, plan.pieces.clone()) {
+        Ok(l) => l,
+        Err(_) if plan.borrowed => {
+            let pieces = plan.layer.pieces(source).map_err(chunked_err)?;
+            source
+                .prefetch(&missing_ranges(store, &pieces))
+                .map_err(|e| PullError::Read {
+                    index,
+                    digest,
+                    source: e,
+                })?;
+            attempt(staging, pieces)?
+        }
+        Err(e) => return Err(e),
+    };
+    Ok((imported, source.bytes_read()))
 }
 
 /// The skeleton and entries of a stored layer with the same shape as `layer`, if any.
 fn same_shape_layer(
     store: &Store,
     layer: &ChunkedLayer,
-) -> Result<Option<(crate::layer::skeleton::Skeleton, Vec<Entry>)>, crate::chunked::ChunkedError> {
-    let Ok(entries) = layer.entries() else {
-        return Ok(None);
-    };
+) -> Option<(crate::layer::skeleton::Skeleton, Vec<Entry>)> {
+    let entries = layer.entries().ok()?;
     let shape = shape_digest(&entries);
-    let found = (|| -> Result<_, crate::store::StoreError> {
-        let db = store.db()?;
-        let r = db.read()?;
-        let Some(diff_id) = r.layer_by_shape(&shape)? else {
-            return Ok(None);
-        };
-        match (r.skeleton(&diff_id)?, r.toc(&diff_id)?) {
-            (Some(s), Some(t)) => Ok(Some((s, t))),
-            _ => Ok(None),
-        }
-    })();
-    Ok(found.unwrap_or(None))
-}
-
-/// One way of rebuilding a chunked layer's tar.
-struct Attempt<'a> {
-    store: &'a Store,
-    source: &'a dyn PrefetchSource,
-    index: usize,
-    desc: &'a Descriptor,
-    layer: &'a ChunkedLayer,
-    expected_diff_id: &'a Digest,
-    whole_above: Option<f64>,
-}
-
-impl Attempt<'_> {
-    fn run(
-        &self,
-        staging: &mut Staging<'_>,
-        pieces: Vec<Piece>,
-    ) -> Result<ChunkedOutcome, PullError> {
-        let (index, digest) = (self.index, self.desc.digest);
-        let chunked_err = |source| PullError::Chunked {
-            index,
-            digest,
-            source,
-        };
-        let wanted: Vec<std::ops::Range<u64>> = pieces
-            .iter()
-            .filter_map(|p| match p {
-                Piece::Frames(r) => Some(r.clone()),
-                Piece::File { digest, range, .. } if self.store.open_object(digest).is_err() => {
-                    Some(range.clone())
-                }
-                _ => None,
-            })
-            .collect();
-        let missing: u64 = wanted.iter().map(|r| r.end - r.start).sum();
-        if let Some(fraction) = self.whole_above
-            && missing as f64 > fraction * self.desc.size as f64
-        {
-            return Ok(ChunkedOutcome::MostlyMissing);
-        }
-        self.source.prefetch(&wanted).map_err(|e| PullError::Read {
-            index,
-            digest,
-            source: e,
-        })?;
-        let expected = self
-            .layer
-            .toc
-            .files(self.layer.data_end)
-            .map_err(chunked_err)?
-            .into_iter()
-            .map(|f| {
-                let path = normalize_path(f.name.as_bytes())
-                    .unwrap_or_else(|_| f.name.as_bytes().to_vec());
-                (path, f.digest.expect("checked by Toc::files"))
-            })
-            .collect();
-        let stream = TarStream::new(pieces, self.source, |d| self.store.open_object(d).ok());
-        let mut sink = ExpectingSink { staging, expected };
-        let imported = import_tar(stream, &mut sink).map_err(|source| PullError::Import {
-            index,
-            digest,
-            source,
-        })?;
-        check_toc_matches(&self.layer.toc, &imported.entries).map_err(chunked_err)?;
-        if imported.diff_id != *self.expected_diff_id {
-            return Err(PullError::DiffId {
-                index,
-                digest,
-                expected: *self.expected_diff_id,
-                actual: imported.diff_id,
-            });
-        }
-        Ok(ChunkedOutcome::Imported(imported))
-    }
+    let db = store.db().ok()?;
+    let r = db.read().ok()?;
+    let diff_id = r.layer_by_shape(&shape).ok()??;
+    Some((r.skeleton(&diff_id).ok()??, r.toc(&diff_id).ok()??))
 }

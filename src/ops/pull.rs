@@ -18,9 +18,9 @@ use crate::image::oci_layout::{LayoutError, OciLayout};
 use crate::image::platform::Platform;
 use crate::image::reference::{Location, ReferenceError};
 use crate::layer::import::{ImportError, ImportedLayer};
-use crate::ops::layer_import::{ChunkedOutcome, import_blob, import_chunked};
+use crate::ops::layer_import::{ChunkedPlan, Planned, import_blob, import_planned, plan_chunked};
 use crate::ops::source::{ImageSource, LayoutSource, RegistryImage};
-use crate::progress::Progress;
+use crate::progress::{NoProgress, Progress};
 use crate::registry::auth::{AuthFileError, lookup as lookup_credentials};
 use crate::registry::client::{ClientOptions, Registry, RegistryError};
 use crate::store::staging::Staging;
@@ -257,18 +257,35 @@ fn pull_from(
         m
     };
 
-    let mut staging = Staging::new(store)?;
-    let mut imported: HashMap<Digest, ImportedLayer> = HashMap::new();
-    let mut reports = Vec::with_capacity(manifest.layers.len());
-    let total = manifest.layers.len();
-    for (index, (ldesc, diff_id)) in manifest
+    // Fetch phase: layers that must be read are fetched concurrently (a few at a time); the
+    // import that follows is sequential, in layer order.
+    let layers: Vec<(usize, &Descriptor, &Digest)> = manifest
         .layers
         .iter()
         .zip(&config.rootfs.diff_ids)
         .enumerate()
-    {
-        let format = LayerFormat::of(ldesc)?;
+        .map(|(i, (d, id))| (i, d, id))
+        .collect();
+    let mut first_of: HashMap<Digest, usize> = HashMap::new();
+    let mut work: Vec<(usize, &Descriptor, &Digest)> = Vec::new();
+    for &(index, ldesc, diff_id) in &layers {
+        if !stored.contains_key(diff_id) && !first_of.contains_key(diff_id) {
+            first_of.insert(*diff_id, index);
+            work.push((index, ldesc, diff_id));
+        }
+    }
+    let total = layers.len();
+    for &(index, ldesc, _) in &layers {
         progress.layer_started(index, total, &ldesc.digest.to_string(), ldesc.size);
+    }
+    let fetched_layers = fetch_layers(store, src, &work, opts)?;
+
+    let mut staging = Staging::new(store)?;
+    let mut imported: HashMap<Digest, ImportedLayer> = HashMap::new();
+    let mut reports = Vec::with_capacity(total);
+    let mut fetched_layers: HashMap<usize, Fetched> = fetched_layers.into_iter().collect();
+    for (index, ldesc, diff_id) in layers {
+        let format = LayerFormat::of(ldesc)?;
         let mut report = LayerReport {
             digest: ldesc.digest,
             diff_id: *diff_id,
@@ -292,66 +309,38 @@ fn pull_from(
             report.reused_files = layer.files;
             report.reused_bytes = layer.logical_bytes;
         } else {
-            let chunked = match format {
-                LayerFormat::ZstdChunked => match ChunkedAnnotations::parse(&ldesc.annotations) {
-                    Ok(a) => a,
-                    // Like containers/storage: an oversized TOC means a plain full pull.
-                    Err(ChunkedError::TooLarge { .. }) => None,
-                    Err(source) => {
-                        return Err(PullError::Chunked {
-                            index,
-                            digest: ldesc.digest,
-                            source,
-                        });
-                    }
-                },
-                _ => None,
-            };
-            let chunked = if opts.partial == Partial::Never {
-                None
-            } else {
-                chunked
-            };
-            let mut read = 0;
-            let mut layer = None;
-            if let Some(ann) = chunked {
-                let spool =
-                    tempfile_in(&store.tmp_dir()).ctx(|| "creating a spool file".to_string())?;
-                let ranges = src.ranges(ldesc, spool)?;
-                let whole_above = (opts.partial == Partial::Auto && src.is_remote())
-                    .then_some(AUTO_WHOLE_FRACTION);
-                match import_chunked(
-                    &mut staging,
-                    store,
-                    ranges.as_ref(),
-                    index,
-                    ldesc,
-                    &ann,
-                    diff_id,
-                    whole_above,
-                )? {
-                    ChunkedOutcome::Imported(l) => {
-                        report.partial = true;
-                        layer = Some(l);
-                    }
-                    ChunkedOutcome::MostlyMissing => {}
+            let prepared = fetched_layers
+                .remove(&index)
+                .unwrap_or(Fetched::Stream { metadata_read: 0 });
+            let (layer, read) = match prepared {
+                Fetched::Chunked(plan) => {
+                    report.partial = true;
+                    import_planned(&mut staging, store, plan, index, ldesc, diff_id)?
                 }
-                read = ranges.bytes_read();
-            }
-            let layer = match layer {
-                Some(l) => l,
-                None => {
+                Fetched::Whole { file, read } => {
+                    let (l, _) = import_blob(
+                        &mut staging,
+                        file,
+                        index,
+                        ldesc,
+                        format,
+                        diff_id,
+                        &NoProgress,
+                    )?;
+                    (l, read)
+                }
+                Fetched::Stream { metadata_read } => {
+                    let stream = src.blob_stream(ldesc)?;
                     let (l, n) = import_blob(
                         &mut staging,
-                        src.blob_stream(ldesc)?,
+                        stream,
                         index,
                         ldesc,
                         format,
                         diff_id,
                         progress,
                     )?;
-                    read += n;
-                    l
+                    (l, n + metadata_read)
                 }
             };
             report.fetched_bytes = read;
@@ -443,4 +432,117 @@ fn tempfile_in(dir: &std::path::Path) -> io::Result<std::fs::File> {
         .custom_flags(libc::O_TMPFILE)
         .mode(0o600)
         .open(dir)
+}
+
+/// What the fetch phase prepared for one layer.
+enum Fetched<'a> {
+    /// zstd:chunked, with its missing ranges prefetched.
+    Chunked(ChunkedPlan<'a>),
+    /// The whole blob, spooled to a temp file (unverified; the import checks it).
+    Whole { file: std::fs::File, read: u64 },
+    /// To be streamed during the import (`metadata_read`: TOC bytes already read).
+    Stream { metadata_read: u64 },
+}
+
+/// The chunked annotations of a layer, when it is to be read by ranges.
+fn chunked_annotations(
+    ldesc: &Descriptor,
+    index: usize,
+    opts: &PullOptions,
+) -> Result<Option<ChunkedAnnotations>, PullError> {
+    if opts.partial == Partial::Never || LayerFormat::of(ldesc)? != LayerFormat::ZstdChunked {
+        return Ok(None);
+    }
+    match ChunkedAnnotations::parse(&ldesc.annotations) {
+        Ok(a) => Ok(a),
+        // Like containers/storage: an oversized TOC means a plain full pull.
+        Err(ChunkedError::TooLarge { .. }) => Ok(None),
+        Err(source) => Err(PullError::Chunked {
+            index,
+            digest: ldesc.digest,
+            source,
+        }),
+    }
+}
+
+/// Prepares one layer: plans a chunked layer (prefetching its ranges), or, when `spool_whole`,
+/// downloads a whole blob to a temp file.
+fn fetch_one<'a>(
+    store: &Store,
+    src: &'a dyn ImageSource,
+    index: usize,
+    ldesc: &Descriptor,
+    opts: &PullOptions,
+    spool_whole: bool,
+) -> Result<Fetched<'a>, PullError> {
+    let mut metadata_read = 0;
+    if let Some(ann) = chunked_annotations(ldesc, index, opts)? {
+        let spool = tempfile_in(&store.tmp_dir()).ctx(|| "creating a spool file".to_string())?;
+        let ranges = src.ranges(ldesc, spool)?;
+        let whole_above =
+            (opts.partial == Partial::Auto && src.is_remote()).then_some(AUTO_WHOLE_FRACTION);
+        match plan_chunked(store, ranges, index, ldesc, &ann, whole_above)? {
+            Planned::Ready(plan) => return Ok(Fetched::Chunked(plan)),
+            Planned::Whole { metadata_read: n } => metadata_read = n,
+        }
+    }
+    if !spool_whole {
+        return Ok(Fetched::Stream { metadata_read });
+    }
+    let mut file = tempfile_in(&store.tmp_dir()).ctx(|| "creating a spool file".to_string())?;
+    let mut stream = src.blob_stream(ldesc)?;
+    let n = io::copy(&mut stream, &mut file).map_err(|source| PullError::Read {
+        index,
+        digest: ldesc.digest,
+        source,
+    })?;
+    io::Seek::seek(&mut file, io::SeekFrom::Start(0))
+        .ctx(|| "rewinding a spool file".to_string())?;
+    Ok(Fetched::Whole {
+        file,
+        read: n + metadata_read,
+    })
+}
+
+/// Fetches the layers that need it, a few at a time. With one layer to fetch, a whole blob is
+/// streamed straight into the import instead of through a temp file.
+fn fetch_layers<'a>(
+    store: &Store,
+    src: &'a dyn ImageSource,
+    work: &[(usize, &Descriptor, &Digest)],
+    opts: &PullOptions,
+) -> Result<Vec<(usize, Fetched<'a>)>, PullError> {
+    const PARALLEL_LAYERS: usize = 3;
+    let spool_whole = work.len() > 1 && src.is_remote();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: std::sync::Mutex<Vec<(usize, Result<Fetched<'a>, PullError>)>> =
+        std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..PARALLEL_LAYERS.min(work.len()) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(&(index, ldesc, _)) = work.get(i) else {
+                        break;
+                    };
+                    let r = fetch_one(store, src, index, ldesc, opts, spool_whole);
+                    let failed = r.is_err();
+                    results
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((index, r));
+                    if failed {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let mut out = Vec::new();
+    let mut results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    results.sort_by_key(|(i, _)| *i);
+    for (index, r) in results {
+        out.push((index, r?));
+    }
+    Ok(out)
 }

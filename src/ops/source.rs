@@ -45,7 +45,7 @@ pub trait ImageSource: Sync {
         &'a self,
         desc: &Descriptor,
         spool: File,
-    ) -> Result<Box<dyn PrefetchSource + 'a>, PullError>;
+    ) -> Result<Box<dyn PrefetchSource + Send + 'a>, PullError>;
     /// Whether reading costs network transfer (decides partial versus whole downloads).
     fn is_remote(&self) -> bool;
 }
@@ -75,7 +75,7 @@ impl ImageSource for LayoutSource {
         &'a self,
         desc: &Descriptor,
         _spool: File,
-    ) -> Result<Box<dyn PrefetchSource + 'a>, PullError> {
+    ) -> Result<Box<dyn PrefetchSource + Send + 'a>, PullError> {
         Ok(Box::new(FileSource::new(
             self.layout.open_blob(&desc.digest)?,
         )))
@@ -134,7 +134,7 @@ impl ImageSource for RegistryImage {
         &'a self,
         desc: &Descriptor,
         spool: File,
-    ) -> Result<Box<dyn PrefetchSource + 'a>, PullError> {
+    ) -> Result<Box<dyn PrefetchSource + Send + 'a>, PullError> {
         Ok(Box::new(RegistrySource::new(
             &self.registry,
             &self.reference.repository,
