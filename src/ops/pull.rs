@@ -476,7 +476,9 @@ fn fetch_one<'a>(
     spool_whole: bool,
 ) -> Result<Fetched<'a>, PullError> {
     let mut metadata_read = 0;
-    if let Some(ann) = chunked_annotations(ldesc, index, opts)? {
+    // An empty store has nothing to skip: no TOC round trip, one stream.
+    let nothing_stored = opts.partial == Partial::Auto && src.is_remote() && store_is_empty(store);
+    if let Some(ann) = chunked_annotations(ldesc, index, opts)?.filter(|_| !nothing_stored) {
         let spool = tempfile_in(&store.tmp_dir()).ctx(|| "creating a spool file".to_string())?;
         let ranges = src.ranges(ldesc, spool)?;
         let whole_above =
@@ -545,4 +547,14 @@ fn fetch_layers<'a>(
         out.push((index, r?));
     }
     Ok(out)
+}
+
+/// Whether the store holds no layer at all.
+fn store_is_empty(store: &Store) -> bool {
+    store
+        .db()
+        .ok()
+        .and_then(|db| db.read().ok())
+        .and_then(|r| r.layers().ok())
+        .is_some_and(|l| l.is_empty())
 }

@@ -170,9 +170,9 @@ fn mismatch(entry: &Entry, actual: &Digest, expected: &Digest) -> io::Error {
 }
 
 impl Staging<'_> {
-    /// Stores a file whose digest the caller knows in advance (from a zstd:chunked TOC). The
-    /// content is verified against it; when the store already has the variant, the content is
-    /// only hashed, never written.
+    /// Stores a file whose digest the caller knows in advance (from a zstd:chunked TOC). New
+    /// content is verified against it; content of a variant the store already has is read but
+    /// neither written nor hashed again: callers must verify the layer's DiffID.
     pub fn store_file_expecting(
         &mut self,
         entry: &Entry,
@@ -182,7 +182,25 @@ impl Staging<'_> {
         let meta = ObjectMeta::for_entry(entry, self.store.policy());
         let key = meta.key();
         if let Some(d) = expected
-            && (self.staged.contains_key(&(d, key)) || self.store.has_variant(&d, key))
+            && self.store.has_variant(&d, key)
+        {
+            // The chunked reader feeds this content from the store's own object (verified when
+            // it was stored); the layer's DiffID, which the caller always checks, covers it end
+            // to end, so it is read without hashing it a second time.
+            let n = io::copy(&mut content.take(entry.size), &mut io::sink())?;
+            if n != entry.size {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "file content ends early",
+                ));
+            }
+            return Ok(StoredFile {
+                digest: d,
+                reused: true,
+            });
+        }
+        if let Some(d) = expected
+            && self.staged.contains_key(&(d, key))
         {
             let (actual, n) = crate::digest::hash_reader(content.take(entry.size))?;
             if n != entry.size {
