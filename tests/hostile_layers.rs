@@ -69,6 +69,14 @@ fn single_layer_cases(outside: &str) -> Vec<Case> {
         tar: t.finish(),
         error: "absolute",
     });
+
+    let mut t = TarBuilder::new();
+    t.raw_entry(b"sparse", tar::EntryType::GNUSparse, b"", b"");
+    cases.push(Case {
+        name: "GNU sparse entry",
+        tar: t.finish(),
+        error: "unsupported tar entry type",
+    });
     cases
 }
 
