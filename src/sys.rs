@@ -400,3 +400,32 @@ pub fn fchmod_at(dir: BorrowedFd<'_>, name: &[u8], mode: u32) -> io::Result<()> 
     )
     .map_err(errno_to_io)
 }
+
+/// Creates a new, uniquely named file in `dir` (`.{prefix}-{pid}-{n}`); the caller renames or
+/// removes it.
+pub fn create_temp_file(dir: &Path, prefix: &str) -> io::Result<(std::path::PathBuf, File)> {
+    for n in 0..1000u32 {
+        let p = dir.join(format!(".{prefix}-{}-{n}", std::process::id()));
+        match File::create_new(&p) {
+            Ok(f) => return Ok((p, f)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        format!("no free temp file name in {}", dir.display()),
+    ))
+}
+
+/// An anonymous file in `dir` (O_TMPFILE): it has no name and vanishes with its last descriptor,
+/// even if the process is killed.
+pub fn anonymous_temp_file(dir: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .mode(0o600)
+        .open(dir)
+}

@@ -5,20 +5,6 @@ mod common;
 
 use common::*;
 
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 fn m(mode: u32) -> Meta {
     Meta {
         mode,

@@ -499,16 +499,8 @@ pub fn check_toc_matches(toc: &Toc, entries: &[Entry]) -> Result<(), ChunkedErro
         if normalize_path(t.name.as_bytes()).ok().as_deref() != Some(&e.path[..]) {
             return Err(bad("the path"));
         }
-        let kind = match e.kind {
-            EntryKind::Regular => "reg",
-            EntryKind::Directory => "dir",
-            EntryKind::Symlink => "symlink",
-            EntryKind::Hardlink => "hardlink",
-            EntryKind::CharDevice => "char",
-            EntryKind::BlockDevice => "block",
-            EntryKind::Fifo => "fifo",
-        };
-        if t.kind != kind {
+
+        if t.kind != e.kind.name() {
             return Err(bad("the type"));
         }
         if (t.mode & 0o7777) as u32 != e.mode

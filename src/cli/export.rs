@@ -36,7 +36,8 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
                 .parent()
                 .filter(|p| !p.as_os_str().is_empty())
                 .unwrap_or(std::path::Path::new("."));
-            let mut tmp = tempfile_in(dir)?;
+            let mut tmp = zstore::sys::create_temp_file(dir, "zstore-export")
+                .with_context(|| format!("creating a temp file in {}", dir.display()))?;
             let res =
                 zstore::ops::export::export_layer(&store, &a.image, a.layer, &mut tmp.1, &progress);
             match res {
@@ -54,19 +55,4 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         }
     }
     Ok(0)
-}
-
-fn tempfile_in(dir: &std::path::Path) -> anyhow::Result<(PathBuf, std::fs::File)> {
-    for n in 0..100u32 {
-        let p = dir.join(format!(".zstore-export-{}-{n}", std::process::id()));
-        match std::fs::File::create_new(&p) {
-            Ok(f) => return Ok((p, f)),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("creating a temp file in {}", dir.display()));
-            }
-        }
-    }
-    anyhow::bail!("could not create a temp file in {}", dir.display())
 }

@@ -423,17 +423,6 @@ fn pull_from(
     })
 }
 
-/// An anonymous temporary file in `dir` (unlinked at once: it vanishes with the process).
-fn tempfile_in(dir: &std::path::Path) -> io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_TMPFILE)
-        .mode(0o600)
-        .open(dir)
-}
-
 /// What the fetch phase prepared for one layer.
 enum Fetched<'a> {
     /// zstd:chunked, with its missing ranges prefetched.
@@ -479,7 +468,8 @@ fn fetch_one<'a>(
     // An empty store has nothing to skip: no TOC round trip, one stream.
     let nothing_stored = opts.partial == Partial::Auto && src.is_remote() && store_is_empty(store);
     if let Some(ann) = chunked_annotations(ldesc, index, opts)?.filter(|_| !nothing_stored) {
-        let spool = tempfile_in(&store.tmp_dir()).ctx(|| "creating a spool file".to_string())?;
+        let spool = crate::sys::anonymous_temp_file(&store.tmp_dir())
+            .ctx(|| "creating a spool file".to_string())?;
         let ranges = src.ranges(ldesc, spool)?;
         let whole_above =
             (opts.partial == Partial::Auto && src.is_remote()).then_some(AUTO_WHOLE_FRACTION);
@@ -491,7 +481,8 @@ fn fetch_one<'a>(
     if !spool_whole {
         return Ok(Fetched::Stream { metadata_read });
     }
-    let mut file = tempfile_in(&store.tmp_dir()).ctx(|| "creating a spool file".to_string())?;
+    let mut file = crate::sys::anonymous_temp_file(&store.tmp_dir())
+        .ctx(|| "creating a spool file".to_string())?;
     let mut stream = src.blob_stream(ldesc)?;
     let n = io::copy(&mut stream, &mut file).map_err(|source| PullError::Read {
         index,

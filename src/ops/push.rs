@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -231,6 +231,22 @@ pub fn push(
     })
 }
 
+/// Copies a tar through a compressing encoder that writes into a [`HashingWriter`]: (blob
+/// digest, blob size, DiffID of the tar, no annotations).
+fn compress_stream<R: Read, E: Write, W: Write>(
+    tar: R,
+    mut encoder: E,
+    finish: impl FnOnce(E) -> io::Result<HashingWriter<W>>,
+) -> Result<(Digest, u64, Digest, BTreeMap<String, String>), PushError> {
+    let mut tar = HashingReader::new(tar);
+    io::copy(&mut tar, &mut encoder).map_err(io_ctx("compressing the layer"))?;
+    let (digest, size, mut inner) = finish(encoder)
+        .map_err(io_ctx("compressing the layer"))?
+        .finish();
+    inner.flush().map_err(io_ctx("writing the layer"))?;
+    Ok((digest, size, tar.finish().0, BTreeMap::new()))
+}
+
 /// Compresses one layer's tar into `file`: (blob digest, size, DiffID of the tar read,
 /// descriptor annotations).
 fn write_layer(
@@ -260,24 +276,15 @@ fn write_layer(
             if threads > 1 {
                 enc.multithread(threads).map_err(io_ctx("zstd"))?;
             }
-            let mut tar = HashingReader::new(tar);
-            io::copy(&mut tar, &mut enc).map_err(io_ctx("compressing the layer"))?;
-            let hashing = enc.finish().map_err(io_ctx("compressing the layer"))?;
-            let (d, n, mut inner) = hashing.finish();
-            inner.flush().map_err(io_ctx("writing the layer"))?;
-            (d, n, tar.finish().0, BTreeMap::new())
+            compress_stream(tar, enc, |e| e.finish())?
         }
         PushFormat::Gzip => {
-            let mut enc = flate2::write::GzEncoder::new(
-                HashingWriter::new(out),
-                flate2::Compression::new(level.clamp(0, 9) as u32),
-            );
-            let mut tar = HashingReader::new(tar);
-            io::copy(&mut tar, &mut enc).map_err(io_ctx("compressing the layer"))?;
-            let hashing = enc.finish().map_err(io_ctx("compressing the layer"))?;
-            let (d, n, mut inner) = hashing.finish();
-            inner.flush().map_err(io_ctx("writing the layer"))?;
-            (d, n, tar.finish().0, BTreeMap::new())
+            let level = flate2::Compression::new(level.clamp(0, 9) as u32);
+            compress_stream(
+                tar,
+                flate2::write::GzEncoder::new(HashingWriter::new(out), level),
+                |e| e.finish(),
+            )?
         }
     })
 }
@@ -346,18 +353,8 @@ impl BlobDest for RegistryDest {
 }
 
 fn temp_file_in(dir: &Path) -> Result<(PathBuf, File), PushError> {
-    for n in 0..1000u32 {
-        let p = dir.join(format!(".tmp-push-{}-{n}", std::process::id()));
-        match File::create_new(&p) {
-            Ok(f) => return Ok((p, f)),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(io_ctx(format!("creating a temp file in {}", dir.display()))(e)),
-        }
-    }
-    Err(PushError::Unsupported(format!(
-        "cannot create a temp file in {}",
-        dir.display()
-    )))
+    crate::sys::create_temp_file(dir, "tmp-push")
+        .map_err(io_ctx(format!("creating a temp file in {}", dir.display())))
 }
 
 impl BlobDest for LayoutWriter {
