@@ -42,21 +42,12 @@ pub fn open_dir_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<OwnedFd> {
 
 /// Opens a directory by path (following symlinks: used for the store and DEST's parent).
 pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags_dir()
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
         .open(path)?;
     Ok(OwnedFd::from(file))
-}
-
-trait DirOpen {
-    fn custom_flags_dir(&mut self) -> &mut Self;
-}
-impl DirOpen for std::fs::OpenOptions {
-    fn custom_flags_dir(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
-    }
 }
 
 /// Creates a directory (mode 0700 until its real metadata is applied after its children).
@@ -160,18 +151,6 @@ pub fn unlink_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
         nix::unistd::UnlinkatFlags::NoRemoveDir,
     )
     .map_err(errno_to_io)
-}
-
-/// `renameat(2)`.
-pub fn rename_at(
-    old_dir: BorrowedFd<'_>,
-    old: &[u8],
-    new_dir: BorrowedFd<'_>,
-    new: &[u8],
-) -> io::Result<()> {
-    let old = cstr(old)?;
-    let new = cstr(new)?;
-    nix::fcntl::renameat(old_dir, old.as_c_str(), new_dir, new.as_c_str()).map_err(errno_to_io)
 }
 
 /// Changes ownership of `name` in `dir` without following a symlink.
@@ -373,19 +352,6 @@ pub fn fiemap_usage(file: &File) -> io::Result<ExtentUsage> {
 /// makes a whole batch of new objects durable before their metadata commits.
 pub fn syncfs(fd: impl AsFd) -> io::Result<()> {
     nix::unistd::syncfs(fd).map_err(errno_to_io)
-}
-
-/// Borrowed fd of the current working directory (for `*at` calls with absolute paths).
-pub fn cwd_fd() -> BorrowedFd<'static> {
-    // SAFETY: AT_FDCWD is a valid "fd" for every *at call and is never closed.
-    unsafe { BorrowedFd::borrow_raw(libc::AT_FDCWD) }
-}
-
-/// Reads a symlink's target relative to a directory.
-pub fn readlink_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Vec<u8>> {
-    let name = cstr(name)?;
-    let target = nix::fcntl::readlinkat(dir, name.as_c_str()).map_err(errno_to_io)?;
-    Ok(target.as_bytes().to_vec())
 }
 
 /// `fchmodat(2)` for a special file just created in `dir` (special files cannot be opened
