@@ -8,7 +8,7 @@ use common::*;
 #[test]
 fn pull_onto_a_full_filesystem_fails_cleanly() {
     let base = tempfile::tempdir().unwrap();
-    let Some(fs) = LoopFs::new("ext4", 24, base.path()) else {
+    let Some(fs) = loop_fs("ext4", 24, base.path()) else {
         return;
     };
     let mut layout = Layout::new(&base.path().join("layout"));

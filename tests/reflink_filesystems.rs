@@ -44,7 +44,7 @@ fn data_files(dest: &Path) -> Vec<std::path::PathBuf> {
 
 fn check_reflink_fs(kind: &str) {
     let base = tempfile::tempdir().unwrap();
-    let Some(fs) = LoopFs::new(kind, 512, base.path()) else {
+    let Some(fs) = loop_fs(kind, 512, base.path()) else {
         return;
     };
     let (_layout, src) = image(&base.path().join("layout"));
@@ -133,7 +133,7 @@ fn btrfs_reflink_hardlink_copy() {
 #[test]
 fn ext4_reflink_fails_clearly_and_auto_falls_back() {
     let base = tempfile::tempdir().unwrap();
-    let Some(fs) = LoopFs::new("ext4", 128, base.path()) else {
+    let Some(fs) = loop_fs("ext4", 128, base.path()) else {
         return;
     };
     let (_layout, src) = image(&base.path().join("layout"));
@@ -162,7 +162,7 @@ fn ext4_reflink_fails_clearly_and_auto_falls_back() {
 #[test]
 fn hardlink_across_filesystems_fails_clearly_and_auto_copies() {
     let base = tempfile::tempdir().unwrap();
-    let Some(fs) = LoopFs::new("ext4", 64, base.path()) else {
+    let Some(fs) = loop_fs("ext4", 64, base.path()) else {
         return;
     };
     let (_layout, src) = image(&base.path().join("layout"));
@@ -189,7 +189,7 @@ fn hardlink_checkout_survives_the_link_limit() {
     // ext4 allows 65000 links per inode: 65100 files with the same content and metadata
     // exhaust one variant; the rest get their own copies instead of failing.
     let base = tempfile::tempdir().unwrap();
-    let Some(fs) = LoopFs::new("ext4", 256, base.path()) else {
+    let Some(fs) = loop_fs("ext4", 256, base.path()) else {
         return;
     };
     let mut t = TarBuilder::new();

@@ -255,60 +255,19 @@ pub fn assert_same_tree(
     );
 }
 
-/// A loop-mounted filesystem of a given type, unmounted and deleted on drop. Needs root and
-/// the mkfs tool.
-pub struct LoopFs {
-    pub mount: PathBuf,
-    image: PathBuf,
-}
+pub use zstore_fixtures::fs::LoopFs;
 
-impl LoopFs {
-    /// Creates and mounts a filesystem, or returns None (after `require`) when impossible.
-    pub fn new(kind: &str, size_mib: u64, base: &Path) -> Option<LoopFs> {
-        let mkfs = format!("mkfs.{kind}");
-        if !require(is_root(), &format!("root (to loop-mount {kind})"))
-            || !require(have(&mkfs), &mkfs)
-        {
-            return None;
-        }
-        let image = base.join(format!("{kind}.img"));
-        let mount = base.join(format!("{kind}-mnt"));
-        std::fs::create_dir_all(&mount).unwrap();
-        let f = std::fs::File::create(&image).unwrap();
-        f.set_len(size_mib << 20).unwrap();
-        drop(f);
-        let mut mk = Command::new(&mkfs);
-        match kind {
-            "xfs" => mk.args(["-q", "-f", "-m", "reflink=1"]),
-            "btrfs" => mk.args(["-q", "-f"]),
-            _ => mk.args(["-q", "-F"]),
-        };
-        let out = mk.arg(&image).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{mkfs} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let out = Command::new("mount")
-            .args(["-o", "loop"])
-            .arg(&image)
-            .arg(&mount)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "mount {kind} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Some(LoopFs { mount, image })
+/// A loop-mounted filesystem of a given type, or None (after `require`) without root or mkfs.
+pub fn loop_fs(kind: &str, size_mib: u64, base: &Path) -> Option<LoopFs> {
+    let mkfs = format!("mkfs.{kind}");
+    if !require(is_root(), &format!("root (to loop-mount {kind})")) || !require(have(&mkfs), &mkfs)
+    {
+        return None;
     }
-}
-
-impl Drop for LoopFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mount).status();
-        let _ = std::fs::remove_file(&self.image);
-    }
+    Some(
+        LoopFs::create(kind, size_mib, base)
+            .unwrap_or_else(|e| panic!("creating a {kind} loop filesystem: {e}")),
+    )
 }
 
 /// Runs GNU tar, asserting success.
