@@ -1,6 +1,8 @@
 //! Project tasks: `cargo xtask demo` (more to come: bench).
 
+mod bench;
 mod demo;
+mod report;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,12 +15,17 @@ tasks:
   demo    a zstd:chunked partial pull end to end, without internet: start a registry on
           loopback (installing docker-registry if missing and root), push two near-identical
           images with zstore, pull them into a second store (the second fetches almost
-          nothing), check one out by hardlink; everything is removed afterwards";
+          nothing), check one out by hardlink; everything is removed afterwards
+  bench   [--quick] [--out DIR] zstore against podman on one loopback registry and the same
+          images, hardlink against reflink against copy on loop-mounted xfs, btrfs and ext4
+          (root), fsck against sha256sum; writes report.md, results.json and SVG charts
+          (default DIR: target/bench-report). --quick: 3 images of 20 MiB";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("demo") => demo::run(&args[1..]),
+        Some("bench") => bench::run(&args[1..]),
         Some("-h") | Some("--help") | None => {
             println!("{USAGE}");
             Ok(())
