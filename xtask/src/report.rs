@@ -370,3 +370,60 @@ pub fn disk_svg(r: &Value) -> String {
         &items,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fs() -> Value {
+        json!({
+            "fs": "xfs",
+            "zstore_pull_zstd_chunked": {"pulls": [{"seconds": 0.4, "registry_bytes": 100}, {"seconds": 0.02, "registry_bytes": 10}], "disk_bytes": 100.0},
+            "zstore_pull_gzip": {"pulls": [], "disk_bytes": 110.0},
+            "checkout_modes": [{"mode": "hardlink", "disk_bytes": 5.0, "page_cache": {"page_cache_bytes": 100.0}}],
+            "fsck": {"seconds": 1.0, "sha256sum_seconds": 0.5},
+            "podman": [
+                {"use_hard_links": false, "pulls": [{"seconds": 1.0, "registry_bytes": 100}, {"seconds": 0.2, "registry_bytes": 12}], "disk_bytes": 300.0},
+                {"use_hard_links": true, "pulls": [{"seconds": 0.5, "registry_bytes": 100}, {"seconds": 0.1, "registry_bytes": 11}], "disk_bytes": 200.0}
+            ]
+        })
+    }
+
+    #[test]
+    fn targets_compare_against_the_faster_podman_and_say_which_way() {
+        let t = targets(&fs(), 100.0);
+        let get = |what: &str| {
+            t.iter()
+                .find(|t| t.what.starts_with(what))
+                .unwrap_or_else(|| panic!("{what}"))
+        };
+        assert!(
+            (get("c0 cold").ratio - 0.8).abs() < 1e-9,
+            "against podman's best 0.5 s"
+        );
+        assert!((get("c1 after c0: pull").ratio - 0.2).abs() < 1e-9);
+        assert!((get("c1 after c0: registry").ratio - 10.0 / 11.0).abs() < 1e-9);
+        assert!((get("disk, all").ratio - 105.0 / 200.0).abs() < 1e-9);
+        assert!((get("page cache").ratio - 1.0).abs() < 1e-9);
+        let fsck = get("fsck");
+        assert!(fsck.at_least && (fsck.ratio - 0.5).abs() < 1e-9);
+        let md = markdown(
+            &json!({"images": 2, "image_mib": 1, "files_per_image": 3, "quick": true, "machine": {}, "versions": {}, "skipped": [], "filesystems": [fs()]}),
+        );
+        assert!(
+            md.contains("| c0 cold pull time / podman's | 0.800 | ≤ 0.5 | **missed** |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| fsck throughput / sha256sum's (same files) | 0.500 | ≥ 0.8 | **missed** |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("| c1 after c0: pull time / podman's | 0.200 | ≤ 0.25 | met |"),
+            "{md}"
+        );
+    }
+}
