@@ -29,7 +29,10 @@ const BLOBS: Tbl = TableDefinition::new("blobs");
 const CHECKOUTS: Tbl = TableDefinition::new("checkouts");
 /// Shape digest of a layer's entries → DiffID (see [`crate::layer::entry::shape_digest`]).
 const LAYER_SHAPES: Tbl = TableDefinition::new("layer_shapes");
-const ALL_TABLES: [Tbl; 9] = [
+/// DiffID → hash states at each file's content (see [`crate::digest::Midstate`]).
+const LAYER_MIDSTATES: Tbl = TableDefinition::new("layer_midstates");
+const ALL_TABLES: [Tbl; 10] = [
+    LAYER_MIDSTATES,
     META,
     IMAGES,
     REFS,
@@ -317,6 +320,13 @@ pub trait DbView {
             .map(|(k, v)| Ok((k.clone(), decode("blobs", &k, &v)?)))
             .collect()
     }
+    /// The DiffID hash states at each file of a stored layer.
+    fn midstates(&self, diff_id: &Digest) -> Result<Option<Vec<crate::digest::Midstate>>, DbError> {
+        let key = diff_id.to_string();
+        self.get_raw(LAYER_MIDSTATES, &key)?
+            .map(|b| decode_compressed("layer_midstates", &key, &b))
+            .transpose()
+    }
     /// A stored layer with entries of this shape.
     fn layer_by_shape(&self, shape: &Digest) -> Result<Option<Digest>, DbError> {
         self.layer_by_shape_key(&shape.to_string())
@@ -409,6 +419,18 @@ impl DbWrite {
         self.del(REFS, name)
     }
     /// Stores a layer with its table of contents and skeleton.
+    /// Stores the DiffID hash states at each file of a layer.
+    pub fn put_midstates(
+        &self,
+        diff_id: &Digest,
+        states: &[crate::digest::Midstate],
+    ) -> Result<(), DbError> {
+        self.put(
+            LAYER_MIDSTATES,
+            &diff_id.to_string(),
+            &encode_compressed(&states),
+        )
+    }
     pub fn put_layer(
         &self,
         record: &LayerRecord,
@@ -435,6 +457,7 @@ impl DbWrite {
         }
         self.del(LAYER_TOCS, &key)?;
         self.del(LAYER_SKELETONS, &key)?;
+        self.del(LAYER_MIDSTATES, &key)?;
         self.del(LAYERS, &key)
     }
     pub fn put_blob(&self, blob: &Digest, diff_id: &Digest) -> Result<(), DbError> {

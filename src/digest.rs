@@ -5,7 +5,6 @@ use std::io::{self, Read, Write};
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use sha2::{Digest as _, Sha256};
 
 /// The digest of an empty byte string, which every empty file has.
 pub const EMPTY_SHA256_HEX: &str =
@@ -112,22 +111,99 @@ impl<'de> Deserialize<'de> for Digest {
     }
 }
 
-/// An incremental SHA-256.
-#[derive(Clone, Default)]
-pub struct Hasher(Sha256);
+const SHA256_IV: [u32; 8] = [
+    0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
+];
+
+/// The state of a SHA-256 computation at a 64-byte boundary: hashing can resume from it. A
+/// layer keeps one per file it holds, so that a near-identical layer's DiffID can be checked by
+/// hashing only from its first changed file on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Midstate {
+    pub state: [u32; 8],
+    /// Bytes hashed so far (a multiple of 64).
+    pub len: u64,
+}
+
+/// An incremental SHA-256 (sha2's compression function, with SHA-NI where the CPU has it) that
+/// can report and resume from its state at block boundaries.
+#[derive(Clone)]
+pub struct Hasher {
+    state: [u32; 8],
+    buf: [u8; 64],
+    buf_len: usize,
+    len: u64,
+}
+
+impl Default for Hasher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl Hasher {
     pub fn new() -> Self {
-        Hasher(Sha256::new())
+        Hasher {
+            state: SHA256_IV,
+            buf: [0; 64],
+            buf_len: 0,
+            len: 0,
+        }
     }
-    pub fn update(&mut self, data: &[u8]) {
-        self.0.update(data);
+
+    /// Continues a computation from a recorded state.
+    pub fn resume(m: &Midstate) -> Self {
+        Hasher {
+            state: m.state,
+            buf: [0; 64],
+            buf_len: 0,
+            len: m.len,
+        }
     }
-    pub fn finish(self) -> Digest {
-        let out = self.0.finalize();
-        let mut bytes = [0u8; 32];
-        bytes.copy_from_slice(&out);
-        Digest(bytes)
+
+    /// The state, if the bytes hashed so far end on a 64-byte boundary.
+    pub fn midstate(&self) -> Option<Midstate> {
+        (self.buf_len == 0).then_some(Midstate {
+            state: self.state,
+            len: self.len,
+        })
+    }
+
+    pub fn update(&mut self, mut data: &[u8]) {
+        self.len += data.len() as u64;
+        if self.buf_len > 0 {
+            let take = (64 - self.buf_len).min(data.len());
+            self.buf[self.buf_len..self.buf_len + take].copy_from_slice(&data[..take]);
+            self.buf_len += take;
+            data = &data[take..];
+            if self.buf_len < 64 {
+                return;
+            }
+            sha2::block_api::compress256(&mut self.state, &[self.buf]);
+            self.buf_len = 0;
+        }
+        let (blocks, rest) = data.as_chunks::<64>();
+        if !blocks.is_empty() {
+            sha2::block_api::compress256(&mut self.state, blocks);
+        }
+        self.buf[..rest.len()].copy_from_slice(rest);
+        self.buf_len = rest.len();
+    }
+
+    pub fn finish(mut self) -> Digest {
+        let bits = self.len.wrapping_mul(8);
+        let mut tail = [0u8; 128];
+        tail[..self.buf_len].copy_from_slice(&self.buf[..self.buf_len]);
+        tail[self.buf_len] = 0x80;
+        let total = if self.buf_len < 56 { 64 } else { 128 };
+        tail[total - 8..total].copy_from_slice(&bits.to_be_bytes());
+        let (blocks, _) = tail[..total].as_chunks::<64>();
+        sha2::block_api::compress256(&mut self.state, blocks);
+        let mut out = [0u8; 32];
+        for (i, w) in self.state.iter().enumerate() {
+            out[i * 4..i * 4 + 4].copy_from_slice(&w.to_be_bytes());
+        }
+        Digest(out)
     }
 }
 
@@ -149,6 +225,10 @@ impl<R: Read> HashingReader<R> {
     /// Bytes read so far.
     pub fn count(&self) -> u64 {
         self.count
+    }
+    /// The hash state, if the bytes read so far end on a 64-byte boundary.
+    pub fn midstate(&self) -> Option<Midstate> {
+        self.hasher.midstate()
     }
     /// The digest of everything read, and the inner reader.
     pub fn finish(self) -> (Digest, u64, R) {
@@ -240,6 +320,28 @@ mod tests {
         ] {
             assert!(bad.parse::<Digest>().is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn hasher_matches_sha2_and_resumes() {
+        use sha2::Digest as _;
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 + i / 13) as u8).collect();
+        for len in [0usize, 1, 55, 56, 63, 64, 65, 119, 120, 128, 1000, 100_000] {
+            let expected = sha2::Sha256::digest(&data[..len]);
+            let mut h = Hasher::new();
+            for piece in data[..len].chunks(37) {
+                h.update(piece);
+            }
+            assert_eq!(h.finish().as_bytes()[..], expected[..], "length {len}");
+        }
+        let mut h = Hasher::new();
+        h.update(&data[..512]);
+        let m = h.midstate().expect("block boundary");
+        let mut resumed = Hasher::resume(&m);
+        resumed.update(&data[512..]);
+        assert_eq!(resumed.finish(), Digest::of(&data));
+        h.update(&data[512..513]);
+        assert!(h.midstate().is_none());
     }
 
     #[test]

@@ -267,6 +267,24 @@ fn second_image_reads_only_what_the_store_lacks() {
             .unwrap()
             .contains("Container #1")
     );
+    // The layer recorded for c1 (skeleton of c0, c1's files) rebuilds c1's exact tar.
+    let exported = tmp.path().join("c1.tar");
+    node.ok(&[
+        "export",
+        &format!("oci:{}:c1", out.display()),
+        "--layer",
+        "0",
+        "-o",
+        exported.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        format!(
+            "sha256:{}",
+            Digest::of(&std::fs::read(&exported).unwrap()).hex()
+        ),
+        second["layers"][0]["diff_id"].as_str().unwrap()
+    );
+    assert_eq!(node.json(&["fsck"])["errors"], serde_json::json!([]));
 }
 
 #[test]
@@ -464,4 +482,62 @@ fn lying_zstd_chunked_layers_are_refused_and_change_nothing() {
     // The untouched layer pulls fine.
     bad.add_image_blobs("good", &[(blob, mt, desc["annotations"].clone(), diff_id)]);
     node.ok(&["pull", &bad.source("good")]);
+}
+
+#[test]
+fn a_borrowed_skeleton_that_is_wrong_falls_back_to_the_layers_own() {
+    // Same paths and metadata as far as zstore records them, but another owner name in every
+    // header: the stored layer's skeleton does not fit, which only the DiffID can tell.
+    let tmp = tempfile::tempdir().unwrap();
+    let build = |user: &str, i: usize| {
+        let m = Meta {
+            user_name: Some(user.to_string()),
+            ..Meta::default()
+        };
+        let mut t = TarBuilder::new();
+        t.dir("d", &m);
+        for f in 0..20 {
+            t.file(&format!("d/f{f:02}"), &pseudo_random(20_000, f), &m);
+        }
+        t.file("d/zz-changed", format!("version {i}").as_bytes(), &m);
+        t.finish()
+    };
+    let mut src = Layout::new(&tmp.path().join("src"));
+    src.add_image("a", &[(build("alice", 0), Compression::Gzip)]);
+    src.add_image("b", &[(build("bob", 1), Compression::Gzip)]);
+    src.add_image("c", &[(build("bob", 2), Compression::Gzip)]);
+    let pusher = Zs::new(&tmp.path().join("pusher"));
+    let out = tmp.path().join("chunked");
+    for tag in ["a", "b", "c"] {
+        pusher.ok(&["pull", &src.source(tag)]);
+        pusher.ok(&[
+            "push",
+            &src.source(tag),
+            &format!("oci:{}:{tag}", out.display()),
+        ]);
+    }
+    let node = Zs::new(&tmp.path().join("node"));
+    for tag in ["a", "b", "c"] {
+        let r = node.json(&["pull", &format!("oci:{}:{tag}", out.display())]);
+        assert_eq!(r["layers"][0]["diff_id_verified"], true, "{tag}: {r}");
+        // The stored skeleton rebuilds exactly this layer's tar.
+        let exported = tmp.path().join(format!("{tag}.tar"));
+        node.ok(&[
+            "export",
+            &format!("oci:{}:{tag}", out.display()),
+            "--layer",
+            "0",
+            "-o",
+            exported.to_str().unwrap(),
+        ]);
+        assert_eq!(
+            format!(
+                "sha256:{}",
+                Digest::of(&std::fs::read(&exported).unwrap()).hex()
+            ),
+            r["layers"][0]["diff_id"].as_str().unwrap(),
+            "{tag}"
+        );
+    }
+    assert_eq!(node.json(&["fsck"])["errors"], serde_json::json!([]));
 }

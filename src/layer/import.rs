@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::io::{self, Read};
 
-use crate::digest::{Digest, HashingReader};
+use crate::digest::{Digest, HashingReader, Midstate};
 use crate::layer::entry::{Entry, EntryKind, PathError, ancestors, normalize_path};
 use crate::layer::skeleton::Skeleton;
 use crate::layer::tar::{TarError, TarHeader, TarReader};
@@ -63,6 +63,9 @@ pub struct ImportedLayer {
     pub logical_bytes: u64,
     /// Sum of sizes of reused files.
     pub reused_bytes: u64,
+    /// The DiffID's hash state where each file's content starts, in skeleton payload order
+    /// (empty if a payload did not start on a hash block boundary, which tar never does).
+    pub payload_states: Vec<Midstate>,
 }
 
 /// Reads the current tar payload through the tar reader, exactly `entry.size` bytes.
@@ -90,6 +93,8 @@ pub fn import_tar(
     let mut symlinks: HashSet<Vec<u8>> = HashSet::new();
     let (mut files, mut reused_files, mut logical_bytes, mut reused_bytes) =
         (0u64, 0u64, 0u64, 0u64);
+    let mut payload_states = Vec::new();
+    let mut states_ok = true;
 
     while let Some(header) = tar.next_header()? {
         skeleton.push_raw(tar.take_raw());
@@ -114,6 +119,10 @@ pub fn import_tar(
             value: entries.len() as u64,
         })?;
         if entry.kind == EntryKind::Regular && entry.size > 0 {
+            match tar.inner().midstate() {
+                Some(m) if states_ok => payload_states.push(m),
+                _ => states_ok = false,
+            }
             let stored = {
                 let mut payload = Payload { tar: &mut tar };
                 let stored =
@@ -153,6 +162,9 @@ pub fn import_tar(
     }
     skeleton.push_raw(tar.take_raw());
     let (diff_id, tar_size, _) = tar.into_inner().finish();
+    if !states_ok {
+        payload_states.clear();
+    }
     Ok(ImportedLayer {
         entries,
         skeleton,
@@ -162,6 +174,7 @@ pub fn import_tar(
         reused_files,
         logical_bytes,
         reused_bytes,
+        payload_states,
     })
 }
 

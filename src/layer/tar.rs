@@ -146,6 +146,11 @@ impl<R: Read> TarReader<R> {
         std::mem::take(&mut self.raw)
     }
 
+    /// The inner reader.
+    pub fn inner(&self) -> &R {
+        &self.inner
+    }
+
     /// Returns the inner reader (for draining or checking what follows).
     pub fn into_inner(self) -> R {
         self.inner

@@ -7,10 +7,11 @@ use std::io::{self, BufRead, BufReader, Read};
 use crate::chunked::annotations::ChunkedAnnotations;
 use crate::chunked::reader::{ChunkedLayer, Piece, TarStream, check_toc_matches};
 use crate::db::DbView;
-use crate::digest::{Digest, HashingReader};
+use crate::digest::{Digest, Hasher, HashingReader, Midstate};
 use crate::image::manifest::{Descriptor, LayerFormat};
 use crate::layer::entry::{Entry, normalize_path, shape_digest};
 use crate::layer::import::{ImportError, ImportedLayer, ObjectSink, StoredFile, import_tar};
+use crate::layer::skeleton::{Segment, Skeleton};
 use crate::ops::pull::PullError;
 use crate::ops::source::PrefetchSource;
 use crate::progress::Progress;
@@ -159,13 +160,22 @@ pub struct ChunkedPlan<'a> {
     pub source: Box<dyn PrefetchSource + Send + 'a>,
     layer: ChunkedLayer,
     pieces: Vec<Piece>,
-    /// The pieces borrow a stored layer's skeleton (a guess the DiffID confirms or refutes).
-    borrowed: bool,
+    /// The stored layer of the same shape whose skeleton the pieces borrow (a guess the DiffID
+    /// confirms or refutes).
+    borrowed: Option<SameShape>,
+}
+
+/// A stored layer with the same entries (but other file contents) as the one being pulled.
+struct SameShape {
+    skeleton: Skeleton,
+    entries: Vec<Entry>,
+    /// Its DiffID hash states at each file (empty when unknown).
+    states: Vec<Midstate>,
 }
 
 /// The outcome of [`plan_chunked`].
 pub enum Planned<'a> {
-    Ready(ChunkedPlan<'a>),
+    Ready(Box<ChunkedPlan<'a>>),
     /// More than `whole_above` of the blob is missing: download it whole instead (the TOC
     /// already cost `metadata_read` bytes).
     Whole {
@@ -209,11 +219,13 @@ pub fn plan_chunked<'a>(
             metadata_read: source.bytes_read(),
         });
     }
-    let borrowed = same_shape_layer(store, &layer)
-        .and_then(|(skeleton, stored)| layer.borrowed_pieces(&skeleton, &stored).ok());
-    let (pieces, borrowed) = match borrowed {
-        Some(p) => (p, true),
-        None => (layer.pieces(source.as_ref()).map_err(chunked_err)?, false),
+    let same = same_shape_layer(store, &layer);
+    let borrowed_pieces = same
+        .as_ref()
+        .and_then(|s| layer.borrowed_pieces(&s.skeleton, &s.entries).ok());
+    let (pieces, borrowed) = match borrowed_pieces {
+        Some(p) => (p, same),
+        None => (layer.pieces(source.as_ref()).map_err(chunked_err)?, None),
     };
     let wanted = missing_ranges(store, &pieces);
     source.prefetch(&wanted).map_err(|e| PullError::Read {
@@ -221,12 +233,12 @@ pub fn plan_chunked<'a>(
         digest,
         source: e,
     })?;
-    Ok(Planned::Ready(ChunkedPlan {
+    Ok(Planned::Ready(Box::new(ChunkedPlan {
         source,
         layer,
         pieces,
         borrowed,
-    }))
+    })))
 }
 
 /// Ranges of the blob the pieces need that the store cannot supply.
@@ -249,7 +261,7 @@ fn missing_ranges(store: &Store, pieces: &[Piece]) -> Vec<std::ops::Range<u64>> 
 pub fn import_planned(
     staging: &mut Staging<'_>,
     store: &Store,
-    plan: ChunkedPlan<'_>,
+    plan: Box<ChunkedPlan<'_>>,
     index: usize,
     desc: &Descriptor,
     expected_diff_id: &Digest,
@@ -293,9 +305,15 @@ pub fn import_planned(
             }
             Ok(imported)
         };
+    // Fast path: hash from the first changed file on, resuming from the stored layer's state.
+    if let Some(same) = &plan.borrowed
+        && let Some(l) = resume(staging, store, &plan, same, expected_diff_id)
+    {
+        return Ok((l, source.bytes_read()));
+    }
     let imported = match attempt(staging, plan.pieces.clone()) {
         Ok(l) => l,
-        Err(_) if plan.borrowed => {
+        Err(_) if plan.borrowed.is_some() => {
             let pieces = plan.layer.pieces(source).map_err(chunked_err)?;
             source
                 .prefetch(&missing_ranges(store, &pieces))
@@ -311,15 +329,126 @@ pub fn import_planned(
     Ok((imported, source.bytes_read()))
 }
 
-/// The skeleton and entries of a stored layer with the same shape as `layer`, if any.
-fn same_shape_layer(
-    store: &Store,
-    layer: &ChunkedLayer,
-) -> Option<(crate::layer::skeleton::Skeleton, Vec<Entry>)> {
+/// A stored layer with the same shape as `layer`, if any.
+fn same_shape_layer(store: &Store, layer: &ChunkedLayer) -> Option<SameShape> {
     let entries = layer.entries().ok()?;
     let shape = shape_digest(&entries);
     let db = store.db().ok()?;
     let r = db.read().ok()?;
     let diff_id = r.layer_by_shape(&shape).ok()??;
-    Some((r.skeleton(&diff_id).ok()??, r.toc(&diff_id).ok()??))
+    Some(SameShape {
+        skeleton: r.skeleton(&diff_id).ok()??,
+        entries: r.toc(&diff_id).ok()??,
+        states: r.midstates(&diff_id).ok().flatten().unwrap_or_default(),
+    })
+}
+
+/// Hashes everything read through it.
+struct Tee<'h, R> {
+    inner: R,
+    hasher: &'h mut Hasher,
+}
+
+impl<R: Read> Read for Tee<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// The fast path for a layer of the same shape as a stored one: the tar is the stored
+/// skeleton with this layer's files, identical up to the first file whose digest differs, so
+/// the DiffID hash resumes from the stored layer's state there and only the rest is hashed (and
+/// its new files staged). `None` when it does not apply or the DiffID disagrees: the caller
+/// then rebuilds and checks the whole tar.
+fn resume(
+    staging: &mut Staging<'_>,
+    store: &Store,
+    plan: &ChunkedPlan<'_>,
+    same: &SameShape,
+    expected_diff_id: &Digest,
+) -> Option<ImportedLayer> {
+    let files = plan.layer.toc.files(plan.layer.data_end).ok()?;
+    let payloads: Vec<usize> = same
+        .skeleton
+        .segments
+        .iter()
+        .filter_map(|s| match s {
+            Segment::Payload(i) => Some(*i as usize),
+            Segment::Raw(_) => None,
+        })
+        .collect();
+    if payloads.len() != files.len() || same.states.len() != files.len() {
+        return None;
+    }
+    let first_changed = (0..files.len())
+        .find(|&p| same.entries.get(payloads[p]).map(|e| e.digest) != Some(files[p].digest))?;
+    let mut hasher = Hasher::resume(&same.states[first_changed]);
+    let mut states = same.states[..first_changed].to_vec();
+    let mut entries = same.entries.clone();
+    let (mut reused_files, mut reused_bytes, mut logical_bytes) = (0u64, 0u64, 0u64);
+    let mut p = 0usize;
+    for seg in &same.skeleton.segments {
+        match seg {
+            Segment::Raw(b) => {
+                if p > first_changed {
+                    hasher.update(b);
+                }
+            }
+            Segment::Payload(i) => {
+                let f = files[p];
+                let digest = f.digest?;
+                let entry = entries.get_mut(*i as usize)?;
+                entry.digest = Some(digest);
+                logical_bytes += entry.size;
+                let present = store.open_object(&digest).ok();
+                if present.is_some() {
+                    reused_files += 1;
+                    reused_bytes += entry.size;
+                }
+                if p >= first_changed {
+                    states.push(hasher.midstate()?);
+                    let content: Box<dyn Read + Send + '_> = match present {
+                        Some(file) => Box::new(file),
+                        None => Box::new(
+                            zstd::stream::read::Decoder::new(
+                                plan.source
+                                    .open_range(f.offset as u64..f.end_offset as u64)
+                                    .ok()?,
+                            )
+                            .ok()?,
+                        ),
+                    };
+                    let mut tee = Tee {
+                        inner: content.take(entry.size),
+                        hasher: &mut hasher,
+                    };
+                    let entry = entry.clone();
+                    staging
+                        .store_file_expecting(&entry, &mut tee, Some(digest))
+                        .ok()?;
+                    if tee.inner.limit() != 0 {
+                        return None;
+                    }
+                }
+                p += 1;
+            }
+        }
+    }
+    if hasher.finish() != *expected_diff_id {
+        return None;
+    }
+    let tar_size = same.skeleton.tar_size(&entries).ok()?;
+    Some(ImportedLayer {
+        entries,
+        skeleton: same.skeleton.clone(),
+        diff_id: *expected_diff_id,
+        tar_size,
+        files: files.len() as u64,
+        reused_files,
+        logical_bytes,
+        reused_bytes,
+        payload_states: states,
+    })
 }

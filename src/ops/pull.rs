@@ -404,6 +404,7 @@ fn pull_from(
                 logical_bytes: layer.logical_bytes,
             };
             w.put_layer(&record, &layer.entries, &layer.skeleton)?;
+            w.put_midstates(diff_id, &layer.payload_states)?;
         }
         for l in &image.layers {
             w.put_blob(&l.digest, &l.diff_id)?;
@@ -426,7 +427,7 @@ fn pull_from(
 /// What the fetch phase prepared for one layer.
 enum Fetched<'a> {
     /// zstd:chunked, with its missing ranges prefetched.
-    Chunked(ChunkedPlan<'a>),
+    Chunked(Box<ChunkedPlan<'a>>),
     /// The whole blob, spooled to a temp file (unverified; the import checks it).
     Whole { file: std::fs::File, read: u64 },
     /// To be streamed during the import (`metadata_read`: TOC bytes already read).
