@@ -38,12 +38,7 @@ pub fn is_root() -> bool {
 
 /// Whether a command exists on PATH (or as an absolute path).
 pub fn have(cmd: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {cmd}"))
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
+    zstore_fixtures::tools::have(cmd)
 }
 
 /// A zstore store in a temp directory, driven through the binary.
@@ -303,30 +298,6 @@ pub fn release_hook(dir: &Path, point: &str) {
 /// Runs skopeo with a private, empty blob-info cache (as root, in a private mount namespace),
 /// so that it cannot reuse a blob it converted for another test or run.
 pub fn skopeo(tmp: &Path, args: &[&str]) -> String {
-    let cache = tmp.join("blob-info-cache");
-    std::fs::create_dir_all(&cache).unwrap();
-    let mut cmd = if is_root() {
-        std::fs::create_dir_all("/var/lib/containers/cache").unwrap();
-        let mut c = Command::new("unshare");
-        c.args([
-            "--mount",
-            "--propagation",
-            "private",
-            "--",
-            "sh",
-            "-c",
-            r#"mount --bind "$0" /var/lib/containers/cache && exec skopeo "$@""#,
-        ])
-        .arg(&cache);
-        c
-    } else {
-        Command::new("skopeo")
-    };
-    let out = cmd.args(args).output().expect("running skopeo");
-    assert!(
-        out.status.success(),
-        "skopeo {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    zstore_fixtures::tools::skopeo(&tmp.join("blob-info-cache"), args)
+        .unwrap_or_else(|e| panic!("{e}"))
 }

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use zstore_fixtures::fs::LoopFs;
 use zstore_fixtures::podman::Podman;
 use zstore_fixtures::registry::{AuthKind, TestRegistry};
+use zstore_fixtures::tools::{have, is_root, skopeo};
 use zstore_fixtures::{Layout, real_files, real_files_tar};
 
 struct Options {
@@ -33,21 +34,6 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
         }
     }
     Ok(o)
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
-}
-
-fn have(cmd: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {cmd}"))
-        .output()
-        .is_ok_and(|o| o.status.success())
 }
 
 fn version(cmd: &str, arg: &str) -> String {
@@ -89,29 +75,6 @@ impl Zstore {
         }
         Ok((serde_json::from_slice(&out.stdout)?, secs))
     }
-}
-
-/// Runs skopeo with a private blob-info cache (so that no other format's blob is reused).
-fn skopeo(cache: &Path, args: &[&str]) -> anyhow::Result<()> {
-    std::fs::create_dir_all(cache)?;
-    std::fs::create_dir_all("/var/lib/containers/cache")?;
-    let out = Command::new("unshare")
-        .args([
-            "--mount",
-            "--propagation",
-            "private",
-            "--",
-            "sh",
-            "-c",
-            r#"mount --bind "$0" /var/lib/containers/cache && exec skopeo "$@""#,
-        ])
-        .arg(cache)
-        .args(args)
-        .output()?;
-    if !out.status.success() {
-        bail!("skopeo {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
 }
 
 fn drop_caches() -> anyhow::Result<()> {

@@ -8,6 +8,7 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 use zstore_fixtures::registry::{AuthKind, TestRegistry};
+use zstore_fixtures::tools::have;
 use zstore_fixtures::{Compression, Layout, near_identical_tar};
 
 struct Zstore<'a> {
@@ -54,23 +55,12 @@ fn mib(n: u64) -> String {
     format!("{:.2} MiB", n as f64 / (1 << 20) as f64)
 }
 
-fn have(cmd: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {cmd}"))
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 /// Installs a missing tool from Debian's packages when running as root.
 fn ensure(cmd: &str, package: &str) -> anyhow::Result<()> {
     if have(cmd) {
         return Ok(());
     }
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0"));
+    let root = zstore_fixtures::tools::is_root();
     if !root {
         bail!(
             "{cmd} is needed: install the {package} package (e.g. `sudo apt-get install {package}`)"
