@@ -5,40 +5,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use common::*;
 use zstore::chunked::annotations::ChunkedAnnotations;
 use zstore::chunked::frames::skippable_frame;
-
-/// A pushed layout's manifest and the layers' (blob, descriptor).
-fn pushed_layers(layout: &Path, tag: &str) -> Vec<(Vec<u8>, serde_json::Value)> {
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-    let entry = index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
-        .unwrap()
-        .clone();
-    let blob = |d: &serde_json::Value| {
-        let d = d
-            .as_str()
-            .unwrap()
-            .strip_prefix("sha256:")
-            .unwrap()
-            .to_string();
-        std::fs::read(layout.join("blobs/sha256").join(d)).unwrap()
-    };
-    let manifest: serde_json::Value = serde_json::from_slice(&blob(&entry["digest"])).unwrap();
-    manifest["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| (blob(&l["digest"]), l.clone()))
-        .collect()
-}
 
 fn annotations_of(desc: &serde_json::Value) -> ChunkedAnnotations {
     let map: BTreeMap<String, String> =
@@ -95,7 +65,7 @@ fn pushed_zstd_chunked_decompresses_to_the_exact_tar_and_round_trips() {
     let out_dir = tmp.path().join("out");
     let dest = format!("oci:{}:v1", out_dir.display());
     let pushed = zs.json(&["push", &src.source("v1"), &dest, "--format", "zstd:chunked"]);
-    let layers = pushed_layers(&out_dir, "v1");
+    let layers = layout_layers(&out_dir, "v1");
     assert_eq!(layers.len(), 2);
     for (i, (blob, desc)) in layers.iter().enumerate() {
         let diff_id = original["layers"][i]["diff_id"].as_str().unwrap();
@@ -240,7 +210,7 @@ fn second_image_reads_only_what_the_store_lacks() {
             &format!("oci:{}:{tag}", out.display()),
         ]);
     }
-    let c1_blob = pushed_layers(&out, "c1")[0].0.len() as u64;
+    let c1_blob = layout_layers(&out, "c1")[0].0.len() as u64;
     let node = Zs::new(&tmp.path().join("node"));
     let first = node.json(&["pull", &format!("oci:{}:c0", out.display())]);
     let second = node.json(&["pull", &format!("oci:{}:c1", out.display())]);
@@ -377,7 +347,7 @@ fn lying_zstd_chunked_layers_are_refused_and_change_nothing() {
         &src.source("c0"),
         &format!("oci:{}:c0", out.display()),
     ]);
-    let (blob, desc) = pushed_layers(&out, "c0").remove(0);
+    let (blob, desc) = layout_layers(&out, "c0").remove(0);
     let ann = annotations_of(&desc);
     let diff_id = Digest::of(&zstd::stream::decode_all(&blob[..]).unwrap());
     let mt = "application/vnd.oci.image.layer.v1.tar+zstd".to_string();

@@ -16,17 +16,7 @@ fn podman_tree(podman: &Podman, image: &str) -> std::collections::BTreeMap<Strin
     let dest = podman.root.join("tree");
     let _ = std::fs::remove_dir_all(&dest);
     std::fs::create_dir_all(&dest).unwrap();
-    gnu_tar(&[
-        "--xattrs",
-        "--xattrs-include=*",
-        "--same-owner",
-        "--same-permissions",
-        "--numeric-owner",
-        "-xf",
-        out.to_str().unwrap(),
-        "-C",
-        dest.to_str().unwrap(),
-    ]);
+    gnu_extract(&out, &dest);
     let (mut s, _) = snapshot(&dest);
     s.remove("");
     s

@@ -10,25 +10,10 @@ use common::*;
 
 /// The layer descriptors of a tagged image in a layout.
 fn pushed_manifest_layers(layout: &Path, tag: &str) -> Vec<serde_json::Value> {
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-    let entry = index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
-        .unwrap()
-        .clone();
-    let digest = entry["digest"]
-        .as_str()
-        .unwrap()
-        .strip_prefix("sha256:")
-        .unwrap()
-        .to_string();
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(digest)).unwrap())
-            .unwrap();
-    manifest["layers"].as_array().unwrap().clone()
+    layout_layers(layout, tag)
+        .into_iter()
+        .map(|(_, d)| d)
+        .collect()
 }
 
 fn tree(dest: &Path) -> std::collections::BTreeMap<String, Info> {

@@ -301,3 +301,48 @@ pub fn skopeo(tmp: &Path, args: &[&str]) -> String {
     zstore_fixtures::tools::skopeo(&tmp.join("blob-info-cache"), args)
         .unwrap_or_else(|e| panic!("{e}"))
 }
+
+/// Extracts a tar as root would keep it (owners, modes, xattrs), with GNU tar.
+pub fn gnu_extract(tar: &Path, dest: &Path) {
+    gnu_tar(&[
+        "--xattrs",
+        "--xattrs-include=*",
+        "--same-owner",
+        "--same-permissions",
+        "--numeric-owner",
+        "-xf",
+        tar.to_str().unwrap(),
+        "-C",
+        dest.to_str().unwrap(),
+    ]);
+}
+
+/// The layers of a tagged image in an OCI layout: (blob, descriptor) each.
+pub fn layout_layers(layout: &Path, tag: &str) -> Vec<(Vec<u8>, serde_json::Value)> {
+    let read = |p: &Path| std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let blob = |d: &serde_json::Value| {
+        let hex = d
+            .as_str()
+            .unwrap()
+            .strip_prefix("sha256:")
+            .unwrap()
+            .to_string();
+        read(&layout.join("blobs/sha256").join(hex))
+    };
+    let index: serde_json::Value =
+        serde_json::from_slice(&read(&layout.join("index.json"))).unwrap();
+    let entry = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .unwrap_or_else(|| panic!("no image tagged {tag} in {}", layout.display()))
+        .clone();
+    let manifest: serde_json::Value = serde_json::from_slice(&blob(&entry["digest"])).unwrap();
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (blob(&l["digest"]), l.clone()))
+        .collect()
+}
