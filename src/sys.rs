@@ -395,3 +395,9 @@ pub fn anonymous_temp_file(dir: &Path) -> io::Result<File> {
         .mode(0o600)
         .open(dir)
 }
+
+/// Whether `name` exists in `dir` (one `fstatat`, no descriptor; symlinks not followed).
+pub fn exists_at(dir: BorrowedFd<'_>, name: &[u8]) -> bool {
+    let Ok(name) = cstr(name) else { return false };
+    nix::sys::stat::fstatat(dir, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW).is_ok()
+}

@@ -209,7 +209,7 @@ pub fn plan_chunked<'a>(
         .files(layer.data_end)
         .map_err(chunked_err)?
         .iter()
-        .filter(|f| f.digest.is_none_or(|d| store.open_object(&d).is_err()))
+        .filter(|f| f.digest.is_none_or(|d| !store.has_object(&d)))
         .map(|f| (f.end_offset - f.offset) as u64)
         .sum();
     if let Some(fraction) = whole_above
@@ -247,9 +247,7 @@ fn missing_ranges(store: &Store, pieces: &[Piece]) -> Vec<std::ops::Range<u64>> 
         .iter()
         .filter_map(|p| match p {
             Piece::Frames(r) => Some(r.clone()),
-            Piece::File { digest, range, .. } if store.open_object(digest).is_err() => {
-                Some(range.clone())
-            }
+            Piece::File { digest, range, .. } if !store.has_object(digest) => Some(range.clone()),
             _ => None,
         })
         .collect()
@@ -402,14 +400,20 @@ fn resume(
                 let entry = entries.get_mut(*i as usize)?;
                 entry.digest = Some(digest);
                 logical_bytes += entry.size;
-                let present = store.open_object(&digest).ok();
-                if present.is_some() {
+                // Files before the first change are the stored layer's own.
+                let present = p < first_changed || store.has_object(&digest);
+                if present {
                     reused_files += 1;
                     reused_bytes += entry.size;
                 }
                 if p >= first_changed {
                     states.push(hasher.midstate()?);
-                    let content: Box<dyn Read + Send + '_> = match present {
+                    let local = if present {
+                        store.open_object(&digest).ok()
+                    } else {
+                        None
+                    };
+                    let content: Box<dyn Read + Send + '_> = match local {
                         Some(file) => Box::new(file),
                         None => Box::new(
                             zstd::stream::read::Decoder::new(

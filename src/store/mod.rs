@@ -249,11 +249,15 @@ impl Store {
 
     /// Whether an object variant exists.
     pub fn has_variant(&self, digest: &Digest, key: MetaKey) -> bool {
-        sys::open_file_at(
+        sys::exists_at(
             self.objects_fd(),
             objects::variant_name(digest, key).as_bytes(),
         )
-        .is_ok()
+    }
+
+    /// Whether the store holds content with this digest.
+    pub fn has_object(&self, digest: &Digest) -> bool {
+        sys::exists_at(self.objects_fd(), objects::object_name(digest).as_bytes())
     }
 
     /// Finds a stored image by name, digest or unique digest prefix (12+ hex digits).

@@ -232,8 +232,8 @@ impl Staging<'_> {
             {
                 return Err(mismatch(entry, &digest, &e));
             }
-            let reused = self.staged_content.contains_key(&digest)
-                || self.store.open_object(&digest).is_ok();
+            let reused =
+                self.staged_content.contains_key(&digest) || self.store.has_object(&digest);
             if !self.staged.contains_key(&(digest, key)) && !self.store.has_variant(&digest, key) {
                 let (name, file) = match self.try_reflink(&digest)? {
                     Some(reflinked) => reflinked,
@@ -271,8 +271,7 @@ impl Staging<'_> {
         {
             return Err(mismatch(entry, &digest, &e));
         }
-        let reused =
-            self.staged_content.contains_key(&digest) || self.store.open_object(&digest).is_ok();
+        let reused = self.staged_content.contains_key(&digest) || self.store.has_object(&digest);
         if self.staged.contains_key(&(digest, key)) || self.store.has_variant(&digest, key) {
             drop(file);
             sys::unlink_at(self.dir.as_fd(), name.as_bytes())?;
