@@ -22,6 +22,8 @@ enum Fault {
     CorruptBlob,
     Stall,
     BadBoundary,
+    /// 206 with a Content-Range other than the one asked for.
+    WrongContentRange,
 }
 
 struct Fake {
@@ -162,6 +164,16 @@ fn respond(mut s: TcpStream, content: &Content, fault: Fault, served_503: &Atomi
         .collect();
     if spans.len() > 1 && fault == Fault::RejectMultiRange {
         return send(&mut s, "416 Range Not Satisfiable", "", b"");
+    }
+    if fault == Fault::WrongContentRange {
+        let (a, b) = spans[0];
+        let (a, b) = (a + 1, (b + 1).min(blob.len() - 1));
+        return send(
+            &mut s,
+            "206 Partial Content",
+            &format!("Content-Range: bytes {a}-{b}/{}\r\n", blob.len()),
+            &blob[a..=b],
+        );
     }
     if spans.len() == 1 && fault != Fault::BadBoundary {
         let (a, b) = spans[0];
@@ -420,4 +432,21 @@ fn faults_heal_and_the_same_store_pulls_again() {
     zs.ok(&["pull", &s.image("c0")]);
     zs.ok(&["pull", &s.image("c1")]);
     assert_consistent(&zs);
+}
+
+#[test]
+fn wrong_content_range_is_a_clear_error() {
+    let (_s, zs, out) = partial_pull_under(Fault::WrongContentRange);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not requested") || err.contains("which were not requested"),
+        "{err}"
+    );
+    assert_consistent(&zs);
+    assert_eq!(
+        zs.json(&["images"]).as_array().unwrap().len(),
+        1,
+        "c1 not recorded"
+    );
 }

@@ -147,11 +147,9 @@ pub fn checkout(
     let name = dest
         .file_name()
         .ok_or_else(|| StoreError::DestinationNotEmpty(dest.clone()))?;
-    let staging = parent.join(format!(
-        ".{}.zstore-checkout-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+    let prefix = format!(".{}.zstore-checkout-", name.to_string_lossy());
+    remove_stale_staging(parent, &prefix);
+    let staging = parent.join(format!("{prefix}{}", std::process::id()));
     std::fs::create_dir(&staging).ctx(|| format!("creating {}", staging.display()))?;
 
     let mut ctx = Ctx {
@@ -173,6 +171,7 @@ pub fn checkout(
     };
     progress.phase_started("checkout", tree.len() as u64);
     let result = materialize_root(&mut ctx, &staging, &tree).and_then(|()| {
+        crate::testhook::pause("checkout-before-rename");
         if existing_empty_dir {
             std::fs::remove_dir(&dest)
                 .ctx(|| format!("replacing empty directory {}", dest.display()))?;
@@ -196,6 +195,26 @@ pub fn checkout(
     w.put_checkout(&record)?;
     w.commit()?;
     Ok(ctx.report)
+}
+
+/// Removes the half-built trees of earlier checkouts to the same destination whose process is
+/// gone (killed before it could clean up).
+fn remove_stale_staging(parent: &Path, prefix: &str) {
+    let Ok(rd) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(prefix)
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = remove_tree(&e.path());
+        }
+    }
 }
 
 /// Removes a directory tree, first making directories writable (checkouts may contain
