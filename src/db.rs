@@ -16,7 +16,7 @@ use crate::layer::entry::Entry;
 use crate::layer::skeleton::Skeleton;
 
 /// Version of the database schema; bumped on incompatible changes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 type Tbl = TableDefinition<'static, &'static str, &'static [u8]>;
 const META: Tbl = TableDefinition::new("meta");

@@ -41,6 +41,7 @@ impl EntryKind {
 pub struct Entry {
     /// Normalised path relative to the image root: components joined by `/`, no `.`, `..`,
     /// empty components or leading `/`. The empty path is the root directory itself.
+    #[serde(with = "serde_bytes")]
     pub path: Vec<u8>,
     pub kind: EntryKind,
     /// Permission bits including setuid, setgid and sticky (`& 0o7777`).
@@ -51,6 +52,7 @@ pub struct Entry {
     /// Content size for regular files; 0 for everything else.
     pub size: u64,
     /// Symlink target (raw, as in the layer) or hardlink target (a normalised path).
+    #[serde(with = "serde_bytes")]
     pub link_target: Vec<u8>,
     pub dev_major: u32,
     pub dev_minor: u32,
@@ -80,12 +82,29 @@ impl Entry {
 /// same paths, types and metadata, so one may share another's tar skeleton (header bytes).
 pub fn shape_digest(entries: &[Entry]) -> Digest {
     let mut h = crate::digest::Hasher::new();
+    let mut field = |b: &[u8]| {
+        h.update(&(b.len() as u64).to_le_bytes());
+        h.update(b);
+    };
     for e in entries {
-        let mut e = e.clone();
-        e.digest = None;
-        h.update(
-            &postcard::to_allocvec(&e).expect("postcard serialisation of an entry cannot fail"),
-        );
+        field(&e.path);
+        field(e.kind.name().as_bytes());
+        let mut fixed = [0u8; 44];
+        fixed[..4].copy_from_slice(&e.mode.to_le_bytes());
+        fixed[4..8].copy_from_slice(&e.uid.to_le_bytes());
+        fixed[8..12].copy_from_slice(&e.gid.to_le_bytes());
+        fixed[12..20].copy_from_slice(&e.mtime.secs.to_le_bytes());
+        fixed[20..24].copy_from_slice(&e.mtime.nanos.to_le_bytes());
+        fixed[24..32].copy_from_slice(&e.size.to_le_bytes());
+        fixed[32..36].copy_from_slice(&e.dev_major.to_le_bytes());
+        fixed[36..40].copy_from_slice(&e.dev_minor.to_le_bytes());
+        fixed[40..44].copy_from_slice(&(e.xattrs.len() as u32).to_le_bytes());
+        field(&fixed);
+        field(&e.link_target);
+        for (k, v) in &e.xattrs {
+            field(k);
+            field(v);
+        }
     }
     h.finish()
 }

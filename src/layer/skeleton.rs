@@ -13,7 +13,7 @@ use crate::layer::entry::Entry;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Segment {
     /// Bytes kept verbatim.
-    Raw(Vec<u8>),
+    Raw(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The content of entry number `.0` of the layer's table of contents (a regular file whose
     /// content is an object).
     Payload(u32),
