@@ -2,23 +2,16 @@
 //! TOC parsing and chunking against SHA-256 of the same bytes, range planning against sorting
 //! the same ranges. Run with `cargo bench --bench formats`.
 
-use std::time::{Duration, Instant};
+mod common;
+
+use common::best_of;
+
+use std::time::Duration;
 
 use zstore::chunked::rollsum::Chunker;
 use zstore::chunked::toc::{Toc, TocEntry};
 use zstore::digest::Digest;
 use zstore::registry::ranges::coalesce;
-
-fn best_of<F: FnMut()>(runs: usize, mut f: F) -> Duration {
-    (0..runs)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed()
-        })
-        .min()
-        .unwrap_or_default()
-}
 
 fn report(what: &str, bytes: usize, t: Duration, base: Duration) {
     println!(

@@ -2,8 +2,11 @@
 //! against plain SHA-256 of the same bytes (the floor). Reported as a ratio measured in the
 //! same run; run with `cargo bench --bench import`.
 
+mod common;
+
+use common::best_of;
+
 use std::io::Read;
-use std::time::{Duration, Instant};
 
 use zstore::digest::{Digest, hash_reader};
 use zstore::layer::entry::Entry;
@@ -21,17 +24,6 @@ impl ObjectSink for HashOnly {
             reused: false,
         })
     }
-}
-
-fn best_of<F: FnMut()>(runs: usize, mut f: F) -> Duration {
-    (0..runs)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed()
-        })
-        .min()
-        .unwrap_or_default()
 }
 
 fn main() {
