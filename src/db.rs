@@ -420,31 +420,30 @@ impl DbWrite {
     }
     /// Stores a layer with its table of contents and skeleton.
     /// Stores the DiffID hash states at each file of a layer.
-    pub fn put_midstates(
-        &self,
-        diff_id: &Digest,
-        states: &[crate::digest::Midstate],
-    ) -> Result<(), DbError> {
-        self.put(
-            LAYER_MIDSTATES,
-            &diff_id.to_string(),
-            &encode_compressed(&states),
-        )
-    }
+    /// Records a layer: its TOC, skeleton and DiffID hash states (which only the newest layer
+    /// of each shape keeps: it is the one a later pull of that shape resumes from).
     pub fn put_layer(
         &self,
         record: &LayerRecord,
         toc: &[Entry],
         skeleton: &Skeleton,
+        states: &[crate::digest::Midstate],
     ) -> Result<(), DbError> {
         let key = record.diff_id.to_string();
-        self.put(
-            LAYER_SHAPES,
-            &crate::layer::entry::shape_digest(toc).to_string(),
-            &encode(&record.diff_id),
-        )?;
+        let shape = crate::layer::entry::shape_digest(toc).to_string();
+        if let Some(previous) = self.layer_by_shape_key(&shape)?
+            && previous != record.diff_id
+        {
+            self.del(LAYER_MIDSTATES, &previous.to_string())?;
+        }
+        self.put(LAYER_SHAPES, &shape, &encode(&record.diff_id))?;
         self.put(LAYER_TOCS, &key, &encode_compressed(&toc))?;
         self.put(LAYER_SKELETONS, &key, &encode_compressed(skeleton))?;
+        if states.is_empty() {
+            self.del(LAYER_MIDSTATES, &key)?;
+        } else {
+            self.put(LAYER_MIDSTATES, &key, &encode_compressed(&states))?;
+        }
         self.put(LAYERS, &key, &encode(record))
     }
     pub fn remove_layer(&self, diff_id: &Digest) -> Result<bool, DbError> {

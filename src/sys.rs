@@ -367,6 +367,17 @@ pub fn fchmod_at(dir: BorrowedFd<'_>, name: &[u8], mode: u32) -> io::Result<()> 
     .map_err(errno_to_io)
 }
 
+/// Whether process `pid` still runs (temp files and half-built trees carry the pid of their
+/// writer, so that leftovers of killed processes can be told from work in progress).
+pub fn process_exists(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// `fsync(2)` on a directory, making the names just created or renamed in it durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
 /// Creates a new, uniquely named file in `dir` (`.{prefix}-{pid}-{n}`); the caller renames or
 /// removes it.
 pub fn create_temp_file(dir: &Path, prefix: &str) -> io::Result<(std::path::PathBuf, File)> {

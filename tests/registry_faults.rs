@@ -24,12 +24,40 @@ enum Fault {
     BadBoundary,
     /// 206 with a Content-Range other than the one asked for.
     WrongContentRange,
+    /// The first N requests (after `/v2/`) are reset before any answer.
+    ResetBeforeAnswer(usize),
+    /// The first N bodies over 4 KiB (blobs, ranges) break off halfway with a reset.
+    ResetMidBody(usize),
+    /// The first N requests get 429 with `Retry-After: 1`.
+    TooManyRequests(usize),
+    /// Every body arrives in 4 KiB pieces, 1 ms apart.
+    SlowDrip,
+}
+
+/// Makes the closing of a connection a TCP reset (SO_LINGER 0), as a crashed proxy's would be.
+fn reset(s: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket descriptor and a correctly sized option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "setting SO_LINGER");
 }
 
 struct Fake {
     host: String,
     fault: Arc<Mutex<Fault>>,
-    served_503: Arc<AtomicUsize>,
+    faults_served: Arc<AtomicUsize>,
 }
 
 struct Content {
@@ -60,7 +88,7 @@ fn load_layout(dir: &std::path::Path) -> Content {
     Content { manifests, blobs }
 }
 
-fn respond(mut s: TcpStream, content: &Content, fault: Fault, served_503: &AtomicUsize) {
+fn respond(mut s: TcpStream, content: &Content, fault: Fault, faults_served: &AtomicUsize) {
     let mut reader = BufReader::new(s.try_clone().unwrap());
     let mut line = String::new();
     if reader.read_line(&mut line).is_err() {
@@ -87,15 +115,48 @@ fn respond(mut s: TcpStream, content: &Content, fault: Fault, served_503: &Atomi
             "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n",
             body.len()
         );
-        if method != "HEAD" {
+        if method == "HEAD" {
+            return;
+        }
+        if let Fault::ResetMidBody(n) = fault
+            && body.len() > 4096
+            && faults_served.fetch_add(1, Ordering::SeqCst) < n
+        {
+            let _ = s.write_all(&body[..body.len() / 2]);
+            let _ = s.flush();
+            return reset(s);
+        }
+        if fault == Fault::SlowDrip {
+            for piece in body.chunks(4096) {
+                if s.write_all(piece).is_err() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        } else {
             let _ = s.write_all(body);
         }
     };
     if path == "/v2/" {
         return send(&mut s, "200 OK", "", b"{}");
     }
+    if let Fault::ResetBeforeAnswer(n) = fault
+        && faults_served.fetch_add(1, Ordering::SeqCst) < n
+    {
+        return reset(&s);
+    }
+    if let Fault::TooManyRequests(n) = fault
+        && faults_served.fetch_add(1, Ordering::SeqCst) < n
+    {
+        return send(
+            &mut s,
+            "429 Too Many Requests",
+            "Retry-After: 1\r\n",
+            b"slow down",
+        );
+    }
     if let Fault::ServerErrors(n) = fault
-        && served_503.fetch_add(1, Ordering::SeqCst) < n
+        && faults_served.fetch_add(1, Ordering::SeqCst) < n
     {
         return send(
             &mut s,
@@ -158,7 +219,12 @@ fn respond(mut s: TcpStream, content: &Content, fault: Fault, served_503: &Atomi
         .filter_map(|r| {
             let (a, b) = r.split_once('-')?;
             let a: usize = a.parse().ok()?;
-            let b: usize = b.parse::<usize>().ok()?.min(blob.len() - 1);
+            // `bytes=N-`: to the end.
+            let b: usize = if b.is_empty() {
+                blob.len() - 1
+            } else {
+                b.parse::<usize>().ok()?.min(blob.len() - 1)
+            };
             Some((a, b))
         })
         .collect();
@@ -210,8 +276,8 @@ fn start_fake(layout: &std::path::Path) -> Fake {
     let host = listener.local_addr().unwrap().to_string();
     let content = Arc::new(load_layout(layout));
     let fault = Arc::new(Mutex::new(Fault::None));
-    let served_503 = Arc::new(AtomicUsize::new(0));
-    let (f, c, n) = (fault.clone(), content.clone(), served_503.clone());
+    let faults_served = Arc::new(AtomicUsize::new(0));
+    let (f, c, n) = (fault.clone(), content.clone(), faults_served.clone());
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
             let (c, f, n) = (c.clone(), *f.lock().unwrap(), n.clone());
@@ -221,7 +287,7 @@ fn start_fake(layout: &std::path::Path) -> Fake {
     Fake {
         host,
         fault,
-        served_503,
+        faults_served,
     }
 }
 
@@ -273,7 +339,7 @@ impl Setup {
     }
     fn set(&self, f: Fault) {
         *self.fake.fault.lock().unwrap() = f;
-        self.fake.served_503.store(0, Ordering::SeqCst);
+        self.fake.faults_served.store(0, Ordering::SeqCst);
     }
 }
 
@@ -370,6 +436,10 @@ fn multi_range_requests_are_used() {
 }
 
 fn whole_pull_under(fault: Fault) -> (Setup, Zs, std::process::Output) {
+    whole_pull_with_retries(fault, 0)
+}
+
+fn whole_pull_with_retries(fault: Fault, retries: u32) -> (Setup, Zs, std::process::Output) {
     let s = setup("gzip");
     let zs = s.store(&format!("store-{fault:?}"));
     s.set(fault);
@@ -380,9 +450,78 @@ fn whole_pull_under(fault: Fault) -> (Setup, Zs, std::process::Output) {
         "--timeout",
         "2",
         "--retries",
-        "0",
+        &retries.to_string(),
     ]);
     (s, zs, out)
+}
+
+/// The pull succeeded, verified its layers, stored every file, and the store is consistent.
+fn assert_complete_pull(zs: &Zs, out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for layer in report["layers"].as_array().unwrap() {
+        assert_eq!(layer["diff_id_verified"], true, "{report}");
+    }
+    assert_consistent(zs);
+}
+
+#[test]
+fn connections_reset_before_answering_are_retried() {
+    let (_s, zs, out) = whole_pull_with_retries(Fault::ResetBeforeAnswer(2), 3);
+    assert_complete_pull(&zs, &out);
+}
+
+#[test]
+fn blob_reset_halfway_is_resumed() {
+    let (s, zs, out) = whole_pull_with_retries(Fault::ResetMidBody(1), 2);
+    assert_complete_pull(&zs, &out);
+    s.set(Fault::None);
+    let clean = s.store("clean");
+    clean.ok(&["pull", &s.image("c0")]);
+    assert_eq!(
+        zs.json(&["df"])["objects"],
+        clean.json(&["df"])["objects"],
+        "every file of c0 stored"
+    );
+}
+
+#[test]
+fn blob_reset_halfway_without_retries_is_a_clear_error() {
+    let (_s, zs, out) = whole_pull_under(Fault::ResetMidBody(1));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("error: ") && err.contains(" at byte "),
+        "{err}"
+    );
+    assert_consistent(&zs);
+    assert_eq!(zs.json(&["df"])["objects"], 0, "nothing unverified stored");
+}
+
+#[test]
+fn range_replies_reset_halfway_are_asked_again() {
+    let (_s, zs, out) = partial_pull_under(Fault::ResetMidBody(1));
+    assert_complete_pull(&zs, &out);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["layers"][0]["partial"], true, "{report}");
+}
+
+#[test]
+fn too_many_requests_waits_for_retry_after() {
+    let (_s, zs, out) = whole_pull_with_retries(Fault::TooManyRequests(2), 3);
+    assert_complete_pull(&zs, &out);
+}
+
+#[test]
+fn slow_drip_completes_within_the_idle_timeout() {
+    let (_s, zs, out) = whole_pull_under(Fault::SlowDrip);
+    assert_complete_pull(&zs, &out);
+    let (_s, zs, out) = partial_pull_under(Fault::SlowDrip);
+    assert_complete_pull(&zs, &out);
 }
 
 #[test]

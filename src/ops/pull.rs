@@ -403,8 +403,12 @@ fn pull_from(
                 files: layer.files,
                 logical_bytes: layer.logical_bytes,
             };
-            w.put_layer(&record, &layer.entries, &layer.skeleton)?;
-            w.put_midstates(diff_id, &layer.payload_states)?;
+            w.put_layer(
+                &record,
+                &layer.entries,
+                &layer.skeleton,
+                &layer.payload_states,
+            )?;
         }
         for l in &image.layers {
             w.put_blob(&l.digest, &l.diff_id)?;

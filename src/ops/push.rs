@@ -18,6 +18,7 @@ use crate::ops::export::open_entry;
 use crate::progress::Progress;
 use crate::registry::client::{ClientOptions, Registry, RegistryError};
 use crate::store::{LockMode, Store, StoreError};
+use crate::sys;
 
 /// Layer encodings `push` writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -189,6 +190,7 @@ pub fn push(
                 actual: actual_diff,
             });
         }
+        crate::testhook::pause("push-blob-written");
         pushed_bytes += out.commit_blob(&tmp, &digest, size)?;
         progress.layer_finished(index, size, 0, size);
         pushed.push(PushedLayer {
@@ -220,6 +222,7 @@ pub fn push(
     });
     let manifest_bytes = serde_json::to_vec(&manifest).expect("serialising a manifest cannot fail");
     let manifest_digest = Digest::of(&manifest_bytes);
+    crate::testhook::pause("push-before-manifest");
     out.put_manifest(&manifest_bytes, manifest_digest)?;
     pushed_bytes += manifest_bytes.len() as u64;
     Ok(PushReport {
@@ -370,7 +373,32 @@ impl BlobDest for LayoutWriter {
     }
     fn put_manifest(&self, bytes: &[u8], digest: Digest) -> Result<(), PushError> {
         self.put_blob(bytes)?;
+        // Every blob's name must be durable before the index that refers to them.
+        let blobs = self.dir.join("blobs").join("sha256");
+        sys::sync_dir(&blobs).map_err(io_ctx(format!("syncing {}", blobs.display())))?;
         self.add_to_index(digest, bytes.len() as u64, self.tag.as_deref())
+    }
+}
+
+/// Temp blobs (`.tmp-push-PID-N`) and index files (`.index.json.tmp-PID`) start with these.
+const LAYOUT_TEMP_PREFIXES: [&str; 2] = [".tmp-push-", ".index.json.tmp-"];
+
+/// Removes the temp files that pushes killed before they finished left in `dir`.
+fn remove_stale_temp_files(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = LAYOUT_TEMP_PREFIXES.iter().find_map(|p| {
+            let rest = name.strip_prefix(p)?;
+            rest.split('-').next()?.parse::<u32>().ok()
+        });
+        if let Some(pid) = pid
+            && !sys::process_exists(pid)
+        {
+            let _ = std::fs::remove_file(e.path());
+        }
     }
 }
 
@@ -383,6 +411,8 @@ impl LayoutWriter {
             std::fs::write(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#)
                 .map_err(io_ctx(format!("writing {}", marker.display())))?;
         }
+        remove_stale_temp_files(dir);
+        remove_stale_temp_files(&blobs);
         Ok(LayoutWriter {
             dir: dir.to_path_buf(),
             tag,
@@ -416,11 +446,16 @@ impl LayoutWriter {
         let tmp = self
             .dir
             .join(format!(".index.json.tmp-{}", std::process::id()));
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec(&index).expect("serialising an index cannot fail"),
-        )
-        .map_err(io_ctx(format!("writing {}", tmp.display())))?;
-        std::fs::rename(&tmp, &path).map_err(io_ctx(format!("writing {}", path.display())))
+        let write = || -> io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&serde_json::to_vec(&index).expect("serialising an index cannot fail"))?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            sys::sync_dir(&self.dir)
+        };
+        write().map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            io_ctx(format!("writing {}", path.display()))(e)
+        })
     }
 }

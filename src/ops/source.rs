@@ -10,6 +10,7 @@ use crate::image::oci_layout::OciLayout;
 use crate::image::reference::Reference;
 use crate::ops::pull::PullError;
 use crate::registry::client::Registry;
+use crate::registry::resume::ResumingBlob;
 use crate::registry::source::RegistrySource;
 
 /// A [`RangeSource`] that can fetch many ranges ahead of reading them.
@@ -125,10 +126,12 @@ impl ImageSource for RegistryImage {
         )?)
     }
     fn blob_stream(&self, desc: &Descriptor) -> Result<Box<dyn Read + Send + '_>, PullError> {
-        Ok(Box::new(
-            self.registry
-                .get_blob(&self.reference.repository, &desc.digest)?,
-        ))
+        Ok(Box::new(ResumingBlob::open(
+            &self.registry,
+            &self.reference.repository,
+            desc.digest,
+            desc.size,
+        )?))
     }
     fn ranges<'a>(
         &'a self,

@@ -41,6 +41,17 @@ pub enum RegistryError {
     Protocol { url: String, what: String },
     #[error("TLS setup: {0}")]
     Tls(String),
+    /// The response began but its body broke off (reset, timeout, early close): worth another
+    /// try.
+    #[error("{url}: reading the response: {}", error_chain(.source))]
+    Body { url: String, source: std::io::Error },
+}
+
+impl RegistryError {
+    /// Whether the failure was in the transfer of a body, not in what the server said.
+    pub fn is_body_failure(&self) -> bool {
+        matches!(self, RegistryError::Body { .. })
+    }
 }
 
 impl RegistryError {
@@ -305,6 +316,14 @@ impl Registry {
         repo: &str,
         reference: &str,
     ) -> Result<(Vec<u8>, String, Digest), RegistryError> {
+        self.retrying_body(|| self.get_manifest_once(repo, reference))
+    }
+
+    fn get_manifest_once(
+        &self,
+        repo: &str,
+        reference: &str,
+    ) -> Result<(Vec<u8>, String, Digest), RegistryError> {
         let scope = pull_scope(repo);
         let path = format!("/v2/{repo}/manifests/{reference}");
         let resp = self.send(&scope, &path, |c, u| {
@@ -317,11 +336,7 @@ impl Registry {
         let resp = ok_or_status(resp)?;
         let media_type = header_str(resp.headers(), CONTENT_TYPE).unwrap_or_default();
         let claimed = header_str(resp.headers(), "docker-content-digest");
-        let bytes =
-            read_limited(resp, MAX_MANIFEST_SIZE).map_err(|what| RegistryError::Protocol {
-                url: url.clone(),
-                what,
-            })?;
+        let bytes = read_body(resp, MAX_MANIFEST_SIZE)?;
         let digest = Digest::of(&bytes);
         let expected = reference
             .parse::<Digest>()
@@ -346,6 +361,16 @@ impl Registry {
         size: u64,
         limit: u64,
     ) -> Result<Vec<u8>, RegistryError> {
+        self.retrying_body(|| self.get_small_blob_once(repo, digest, size, limit))
+    }
+
+    fn get_small_blob_once(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        size: u64,
+        limit: u64,
+    ) -> Result<Vec<u8>, RegistryError> {
         let url = self.url(&format!("/v2/{repo}/blobs/{digest}"));
         if size > limit {
             return Err(RegistryError::Protocol {
@@ -354,10 +379,7 @@ impl Registry {
             });
         }
         let resp = ok_or_status(self.get_blob(repo, digest)?)?;
-        let bytes = read_limited(resp, limit).map_err(|what| RegistryError::Protocol {
-            url: url.clone(),
-            what,
-        })?;
+        let bytes = read_body(resp, limit)?;
         let actual = Digest::of(&bytes);
         if actual != *digest || bytes.len() as u64 != size {
             return Err(RegistryError::Protocol {
@@ -379,6 +401,67 @@ impl Registry {
             |c, u| c.get(u),
         )?;
         ok_or_status(resp)
+    }
+
+    /// Streams a blob from byte `offset` on. Returns the response and the offset its body
+    /// starts at: `offset`, or 0 when the registry ignored the range.
+    pub fn get_blob_from(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        offset: u64,
+    ) -> Result<(Response, u64), RegistryError> {
+        if offset == 0 {
+            return Ok((self.get_blob(repo, digest)?, 0));
+        }
+        let resp = self.send(
+            &pull_scope(repo),
+            &format!("/v2/{repo}/blobs/{digest}"),
+            |c, u| c.get(u).header(RANGE, format!("bytes={offset}-")),
+        )?;
+        match resp.status() {
+            StatusCode::OK => Ok((resp, 0)),
+            StatusCode::PARTIAL_CONTENT => {
+                let url = resp.url().to_string();
+                let cr = header_str(resp.headers(), CONTENT_RANGE).unwrap_or_default();
+                let r =
+                    ranges::parse_content_range(&cr).map_err(|source| RegistryError::Range {
+                        url: url.clone(),
+                        source,
+                    })?;
+                if r.start != offset {
+                    return Err(RegistryError::Protocol {
+                        url,
+                        what: format!("asked for bytes from {offset}, got {cr:?}"),
+                    });
+                }
+                Ok((resp, offset))
+            }
+            _ => Err(status_error(resp)),
+        }
+    }
+
+    /// Runs a request and the reading of its body again (up to the retry count, with backoff)
+    /// when the body broke off.
+    pub fn retrying_body<T>(
+        &self,
+        mut request: impl FnMut() -> Result<T, RegistryError>,
+    ) -> Result<T, RegistryError> {
+        let mut attempt = 0u32;
+        loop {
+            match request() {
+                Err(e) if e.is_body_failure() && attempt < self.retries => {
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(100 << attempt.min(6)));
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// How many times a failed request is tried again.
+    pub fn retries(&self) -> u32 {
+        self.retries
     }
 
     /// Requests byte ranges of a blob. See [`RangeReply`].
@@ -407,11 +490,7 @@ impl Registry {
                     let limit = wanted.iter().map(|r| r.end - r.start).sum::<u64>()
                         + 1024 * wanted.len() as u64
                         + 4096;
-                    let body =
-                        read_limited(resp, limit).map_err(|what| RegistryError::Protocol {
-                            url: url.clone(),
-                            what,
-                        })?;
+                    let body = read_body(resp, limit)?;
                     let parts = ranges::parse_multipart(&body, &boundary).map_err(range_err)?;
                     let mut out = Vec::with_capacity(parts.len());
                     for (r, b) in parts {
@@ -428,16 +507,14 @@ impl Registry {
                     })?;
                     let r = ranges::parse_content_range(&cr).map_err(range_err)?;
                     ranges::check_requested(wanted, &r).map_err(range_err)?;
-                    let body = read_limited(resp, r.end - r.start).map_err(|what| {
-                        RegistryError::Protocol {
-                            url: url.clone(),
-                            what,
-                        }
-                    })?;
+                    let body = read_body(resp, r.end - r.start)?;
                     if body.len() as u64 != r.end - r.start {
-                        return Err(RegistryError::Protocol {
+                        return Err(RegistryError::Body {
                             url,
-                            what: format!("206 body of {} bytes for range {r:?}", body.len()),
+                            source: std::io::Error::new(
+                                std::io::ErrorKind::UnexpectedEof,
+                                format!("206 body of {} bytes for range {r:?}", body.len()),
+                            ),
                         });
                     }
                     let n = body.len() as u64;
@@ -578,6 +655,23 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// Reads a response body of at most `limit` bytes; a broken transfer is a
+/// [`RegistryError::Body`], a larger body a protocol error.
+fn read_body(resp: Response, limit: u64) -> Result<Vec<u8>, RegistryError> {
+    let url = resp.url().to_string();
+    let mut buf = Vec::new();
+    if let Err(source) = resp.take(limit + 1).read_to_end(&mut buf) {
+        return Err(RegistryError::Body { url, source });
+    }
+    if buf.len() as u64 > limit {
+        return Err(RegistryError::Protocol {
+            url,
+            what: format!("response larger than the {limit}-byte limit"),
+        });
+    }
+    Ok(buf)
 }
 
 /// Reads a response body, refusing more than `limit` bytes.

@@ -108,9 +108,10 @@ impl<'a> RegistrySource<'a> {
                     let mut buf = vec![0u8; 1 << 20];
                     let mut off = 0u64;
                     loop {
-                        let n = resp
-                            .read(&mut buf)
-                            .map_err(|e| spool_err(&self.digest, e))?;
+                        let n = resp.read(&mut buf).map_err(|source| RegistryError::Body {
+                            url: format!("blob {}", self.digest),
+                            source,
+                        })?;
                         if n == 0 {
                             break;
                         }
@@ -187,7 +188,19 @@ impl<'a> RegistrySource<'a> {
                         if self.spool.lock().unwrap_or_else(|e| e.into_inner()).whole {
                             break;
                         }
-                        if let Err(e) = self.fetch_batch(batch) {
+                        // A broken transfer is asked again for the ranges still missing.
+                        let result = self.registry.retrying_body(|| {
+                            let missing: Vec<Range<u64>> = batch
+                                .iter()
+                                .filter(|r| self.lookup(r).is_none())
+                                .cloned()
+                                .collect();
+                            if missing.is_empty() {
+                                return Ok(());
+                            }
+                            self.fetch_batch(&missing)
+                        });
+                        if let Err(e) = result {
                             errors.lock().unwrap_or_else(|e| e.into_inner()).push(e);
                             break;
                         }
@@ -236,7 +249,9 @@ impl RangeSource for RegistrySource<'_> {
             return Ok(Box::new(io::empty()));
         }
         if self.lookup(&range).is_none() {
-            self.fetch_single(&range).map_err(to_io)?;
+            self.registry
+                .retrying_body(|| self.fetch_single(&range))
+                .map_err(to_io)?;
         }
         let off = self
             .lookup(&range)

@@ -211,7 +211,7 @@ fn remove_stale_staging(parent: &Path, prefix: &str) {
         else {
             continue;
         };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
+        if !crate::sys::process_exists(pid) {
             let _ = remove_tree(&e.path());
         }
     }
