@@ -13,10 +13,11 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::digest::Digest;
 use crate::layer::entry::Entry;
-use crate::layer::skeleton::Skeleton;
+use crate::layer::skeleton::{Part, Skeleton};
 
-/// Version of the database schema; bumped on incompatible changes.
-pub const SCHEMA_VERSION: u32 = 2;
+/// Version of the database schema; bumped on incompatible changes. Version 2 stores are
+/// migrated when opened (their skeletons kept raw bytes inline).
+pub const SCHEMA_VERSION: u32 = 3;
 
 type Tbl = TableDefinition<'static, &'static str, &'static [u8]>;
 const META: Tbl = TableDefinition::new("meta");
@@ -145,6 +146,7 @@ impl Db {
     }
 
     fn init(&self) -> Result<(), DbError> {
+        let mut migrate = false;
         {
             let r = self.db.begin_read().map_err(redb_err)?;
             let complete = ALL_TABLES.iter().all(|t| r.open_table(*t).is_ok());
@@ -152,17 +154,56 @@ impl Db {
                 && let Some(v) = meta.get("schema").map_err(redb_err)?
             {
                 let found = u32::from_le_bytes(v.value().try_into().unwrap_or([0xff; 4]));
-                if found != SCHEMA_VERSION {
+                if found == 2 && complete {
+                    migrate = true;
+                } else if found != SCHEMA_VERSION {
                     return Err(DbError::Schema { found });
-                }
-                if complete {
+                } else if complete {
                     return Ok(());
                 }
             }
         }
+        if migrate {
+            return self.migrate_from_v2();
+        }
         let w = self.db.begin_write().map_err(redb_err)?;
         for t in ALL_TABLES {
             w.open_table(t).map_err(redb_err)?;
+        }
+        w.open_table(META)
+            .map_err(redb_err)?
+            .insert("schema", &SCHEMA_VERSION.to_le_bytes()[..])
+            .map_err(redb_err)?;
+        w.commit().map_err(redb_err)?;
+        Ok(())
+    }
+
+    /// Rewrites every skeleton in the current form, in one transaction (a crash leaves the
+    /// version 2 database as it was).
+    fn migrate_from_v2(&self) -> Result<(), DbError> {
+        let w = self.db.begin_write().map_err(redb_err)?;
+        {
+            let mut table = w.open_table(LAYER_SKELETONS).map_err(redb_err)?;
+            let mut old = Vec::new();
+            for item in table.iter().map_err(redb_err)? {
+                let (k, v) = item.map_err(redb_err)?;
+                old.push((k.value().to_string(), v.value().to_vec()));
+            }
+            for (key, bytes) in old {
+                let v2: v2::Skeleton = decode_compressed("layer_skeletons", &key, &bytes)?;
+                let skeleton = Skeleton::from_parts(v2.segments.into_iter().map(|s| match s {
+                    v2::Segment::Raw(b) => Part::Raw(b),
+                    v2::Segment::Payload(i) => Part::Payload(i),
+                }))
+                .map_err(|e| DbError::Decode {
+                    table: "layer_skeletons",
+                    key: key.clone(),
+                    reason: e.to_string(),
+                })?;
+                table
+                    .insert(key.as_str(), encode(&skeleton).as_slice())
+                    .map_err(redb_err)?;
+            }
         }
         w.open_table(META)
             .map_err(redb_err)?
@@ -198,6 +239,22 @@ fn decode<T: DeserializeOwned>(table: &'static str, key: &str, bytes: &[u8]) -> 
         key: key.to_string(),
         reason: e.to_string(),
     })
+}
+
+/// Skeletons as schema version 2 stored them (raw bytes inline), read when migrating.
+mod v2 {
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Serialize, Deserialize)]
+    pub enum Segment {
+        Raw(#[serde(with = "serde_bytes")] Vec<u8>),
+        Payload(u32),
+    }
+
+    #[derive(Serialize, Deserialize)]
+    pub struct Skeleton {
+        pub segments: Vec<Segment>,
+    }
 }
 
 /// Upper bound on a decompressed TOC or skeleton record (guards against a corrupted database).
@@ -304,7 +361,7 @@ pub trait DbView {
     fn skeleton(&self, diff_id: &Digest) -> Result<Option<Skeleton>, DbError> {
         let key = diff_id.to_string();
         self.get_raw(LAYER_SKELETONS, &key)?
-            .map(|b| decode_compressed("layer_skeletons", &key, &b))
+            .map(|b| decode("layer_skeletons", &key, &b))
             .transpose()
     }
     /// The DiffID of a compressed blob zstore has imported.
@@ -438,7 +495,8 @@ impl DbWrite {
         }
         self.put(LAYER_SHAPES, &shape, &encode(&record.diff_id))?;
         self.put(LAYER_TOCS, &key, &encode_compressed(&toc))?;
-        self.put(LAYER_SKELETONS, &key, &encode_compressed(skeleton))?;
+        // The skeleton's bytes are compressed already.
+        self.put(LAYER_SKELETONS, &key, &encode(skeleton))?;
         if states.is_empty() {
             self.del(LAYER_MIDSTATES, &key)?;
         } else {
@@ -479,5 +537,58 @@ impl DbWrite {
     /// Makes every change of this transaction durable and visible.
     pub fn commit(self) -> Result<(), DbError> {
         self.0.commit().map_err(redb_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_2_skeletons_are_migrated_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, lock) = (dir.path().join("db.redb"), dir.path().join("db.lock"));
+        let diff_id = Digest::of(b"layer");
+        {
+            let db = redb::Database::create(&path).unwrap();
+            let w = db.begin_write().unwrap();
+            for t in ALL_TABLES {
+                w.open_table(t).unwrap();
+            }
+            w.open_table(META)
+                .unwrap()
+                .insert("schema", &2u32.to_le_bytes()[..])
+                .unwrap();
+            let old = v2::Skeleton {
+                segments: vec![
+                    v2::Segment::Raw(vec![1, 2, 3]),
+                    v2::Segment::Payload(0),
+                    v2::Segment::Raw(vec![4]),
+                ],
+            };
+            w.open_table(LAYER_SKELETONS)
+                .unwrap()
+                .insert(
+                    diff_id.to_string().as_str(),
+                    encode_compressed(&old).as_slice(),
+                )
+                .unwrap();
+            w.commit().unwrap();
+        }
+        let db = Db::open(&path, &lock).unwrap();
+        let skeleton = db.read().unwrap().skeleton(&diff_id).unwrap().unwrap();
+        let parts: Vec<Part> = skeleton.parts().collect::<std::io::Result<_>>().unwrap();
+        assert_eq!(
+            parts,
+            vec![
+                Part::Raw(vec![1, 2, 3]),
+                Part::Payload(0),
+                Part::Raw(vec![4])
+            ]
+        );
+        drop(db);
+        // Opening again finds the current version.
+        let db = Db::open(&path, &lock).unwrap();
+        assert!(db.read().unwrap().skeleton(&diff_id).unwrap().is_some());
     }
 }

@@ -8,11 +8,13 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
-    match cli::run(args) {
+    let code = match cli::run(args) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             cli::output::print_error(&e);
             ExitCode::from(1)
         }
-    }
+    };
+    zstore::testhook::record_peak_memory();
+    code
 }

@@ -1,4 +1,5 @@
-//! Pause points for tests of concurrency and crash safety.
+//! Pause points for tests of concurrency and crash safety, and a peak-memory report for tests
+//! of hostile input.
 //!
 //! When `ZSTORE_TEST_HOOK_DIR` is set and the point is listed in `ZSTORE_TEST_HOOK_POINTS`
 //! (comma-separated), reaching it creates `<dir>/<point>.reached` and waits until
@@ -34,5 +35,24 @@ pub fn pause(point: &str) {
             std::process::abort();
         }
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// When `ZSTORE_TEST_PEAK_RSS_FILE` is set, writes this process's peak resident memory in bytes
+/// (`VmHWM`) there. A parent's `wait4` cannot tell it: the kernel counts the parent's memory at
+/// fork time into the child's peak.
+pub fn record_peak_memory() {
+    let Some(path) = std::env::var_os("ZSTORE_TEST_PEAK_RSS_FILE") else {
+        return;
+    };
+    let peak_kib = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        });
+    if let Some(kib) = peak_kib {
+        let _ = std::fs::write(path, (kib * 1024).to_string());
     }
 }

@@ -19,7 +19,7 @@ use crate::chunked::tarsplit::{self, TsEntry};
 use crate::chunked::toc::{Toc, TocEntry};
 use crate::digest::Digest;
 use crate::layer::entry::{Entry, EntryKind, normalize_path};
-use crate::layer::skeleton::{Segment, Skeleton};
+use crate::layer::skeleton::{Part, Skeleton};
 
 /// Random access to a blob's bytes.
 pub trait RangeSource: Sync {
@@ -89,12 +89,23 @@ impl RangeSource for FileSource {
     }
 }
 
-/// Decompresses a zstd stream, refusing more than `limit` bytes of output.
+/// Decompresses a zstd stream, refusing more than `limit` bytes of output, and more than
+/// `declared` (the size its annotation gives, when it gives one): a small frame that expands
+/// past what it declared is refused at that point, not at the general limit.
 fn decompress_limited(
     data: &[u8],
+    declared: u64,
     limit: u64,
     what: &'static str,
 ) -> Result<Vec<u8>, ChunkedError> {
+    if declared > 0 && declared < limit {
+        return decompress_limited(data, 0, declared, what).map_err(|e| match e {
+            ChunkedError::TooLarge { .. } => ChunkedError::Corrupt(format!(
+                "the {what} decompresses to more than the {declared} bytes its annotation declares"
+            )),
+            e => e,
+        });
+    }
     let mut out = Vec::new();
     zstd::stream::read::Decoder::new(data)
         .and_then(|d| d.take(limit + 1).read_to_end(&mut out))
@@ -158,7 +169,12 @@ impl ChunkedLayer {
                 ann.toc_digest
             )));
         }
-        let toc = Toc::parse(&decompress_limited(&toc_z, MAX_TOC_SIZE, "TOC")?)?;
+        let toc = Toc::parse(&decompress_limited(
+            &toc_z,
+            ann.toc.uncompressed_len,
+            MAX_TOC_SIZE,
+            "TOC",
+        )?)?;
         if toc.tar_split_digest.is_some() && ann.tar_split.is_none() {
             return Err(ChunkedError::Corrupt(
                 "the TOC names a tar-split but no annotation locates it".into(),
@@ -198,6 +214,7 @@ impl ChunkedLayer {
         }
         Ok(Some(tarsplit::parse(&decompress_limited(
             &z,
+            pos.uncompressed_len,
             MAX_TAR_SPLIT_SIZE,
             "tar-split",
         )?)?))
@@ -223,12 +240,13 @@ impl ChunkedLayer {
     ) -> Result<Vec<Piece>, ChunkedError> {
         let files = self.toc.files(self.data_end)?;
         let mut next = files.iter();
-        let mut out = Vec::with_capacity(skeleton.segments.len());
-        for seg in &skeleton.segments {
-            match seg {
-                Segment::Raw(b) => out.push(Piece::Raw(b.clone())),
-                Segment::Payload(i) => {
-                    let e = stored.get(*i as usize).ok_or_else(|| {
+        let damaged = || ChunkedError::Corrupt("stored skeleton is damaged".into());
+        let mut out = Vec::with_capacity(skeleton.segments().len());
+        for part in skeleton.parts() {
+            match part.map_err(|_| damaged())? {
+                Part::Raw(b) => out.push(Piece::Raw(b)),
+                Part::Payload(i) => {
+                    let e = stored.get(i as usize).ok_or_else(|| {
                         ChunkedError::Corrupt("stored skeleton is damaged".into())
                     })?;
                     let f = next.next().ok_or_else(|| {

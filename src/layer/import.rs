@@ -7,7 +7,7 @@ use std::io::{self, Read};
 
 use crate::digest::{Digest, HashingReader, Midstate};
 use crate::layer::entry::{Entry, EntryKind, PathError, ancestors, normalize_path};
-use crate::layer::skeleton::Skeleton;
+use crate::layer::skeleton::{Skeleton, SkeletonBuilder};
 use crate::layer::tar::{TarError, TarHeader, TarReader};
 
 /// What an [`ObjectSink`] did with one file's content.
@@ -44,6 +44,8 @@ pub enum ImportError {
     },
     #[error("storing {path:?}: {source}")]
     Store { path: String, source: io::Error },
+    #[error("keeping the layer's tar headers: {0}")]
+    Skeleton(io::Error),
 }
 
 /// The result of importing one layer.
@@ -89,7 +91,7 @@ pub fn import_tar(
 ) -> Result<ImportedLayer, ImportError> {
     let mut tar = TarReader::new(HashingReader::new(reader));
     let mut entries: Vec<Entry> = Vec::new();
-    let mut skeleton = Skeleton::default();
+    let mut skeleton = SkeletonBuilder::new().map_err(ImportError::Skeleton)?;
     let mut symlinks: HashSet<Vec<u8>> = HashSet::new();
     let (mut files, mut reused_files, mut logical_bytes, mut reused_bytes) =
         (0u64, 0u64, 0u64, 0u64);
@@ -97,7 +99,9 @@ pub fn import_tar(
     let mut states_ok = true;
 
     while let Some(header) = tar.next_header()? {
-        skeleton.push_raw(tar.take_raw());
+        skeleton
+            .push_raw(&tar.take_raw())
+            .map_err(ImportError::Skeleton)?;
         let mut entry = entry_from_header(&header)?;
         if let Some(link) = ancestors(&entry.path).find(|a| symlinks.contains(*a)) {
             return Err(ImportError::ThroughSymlink {
@@ -160,7 +164,10 @@ pub fn import_tar(
         }
         entries.push(entry);
     }
-    skeleton.push_raw(tar.take_raw());
+    skeleton
+        .push_raw(&tar.take_raw())
+        .map_err(ImportError::Skeleton)?;
+    let skeleton = skeleton.finish().map_err(ImportError::Skeleton)?;
     let (diff_id, tar_size, _) = tar.into_inner().finish();
     if !states_ok {
         payload_states.clear();

@@ -16,6 +16,8 @@ pub const BLOCK: usize = 512;
 pub const MAX_EXTENSION_SIZE: u64 = 1 << 20;
 /// Upper bound for bytes after the end-of-archive marker (kept raw for byte-exact export).
 pub const MAX_TRAILER_SIZE: u64 = 64 << 20;
+/// Upper bound for data carried by an entry that is not a regular file (kept raw).
+pub const MAX_RAW_PAYLOAD: u64 = 64 << 20;
 
 /// Errors in a tar stream. Offsets are in the uncompressed tar.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +42,10 @@ pub enum TarError {
     UnsupportedType { typeflag: char, name: String },
     #[error("more than {0} bytes follow the end-of-archive marker")]
     TrailerTooLarge(u64),
+    #[error(
+        "entry at tar offset {offset} is not a regular file but carries {size} bytes of data (at most {max} are kept)"
+    )]
+    RawPayloadTooLarge { offset: u64, size: u64, max: u64 },
 }
 
 /// A modification time with nanoseconds.
@@ -222,6 +228,13 @@ impl<R: Read> TarReader<R> {
     /// not a file of the store, e.g. a hardlink header that carries data).
     pub fn payload_to_raw(&mut self) -> Result<(), TarError> {
         let left = self.payload_left;
+        if left > MAX_RAW_PAYLOAD {
+            return Err(TarError::RawPayloadTooLarge {
+                offset: self.pos,
+                size: left,
+                max: MAX_RAW_PAYLOAD,
+            });
+        }
         self.payload_left = 0;
         let pos = self.pos;
         self.read_raw(left, |_| TarError::TruncatedPayload {

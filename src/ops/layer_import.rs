@@ -11,7 +11,7 @@ use crate::digest::{Digest, Hasher, HashingReader, Midstate};
 use crate::image::manifest::{Descriptor, LayerFormat};
 use crate::layer::entry::{Entry, normalize_path, shape_digest};
 use crate::layer::import::{ImportError, ImportedLayer, ObjectSink, StoredFile, import_tar};
-use crate::layer::skeleton::{Segment, Skeleton};
+use crate::layer::skeleton::{Part, Skeleton};
 use crate::ops::pull::PullError;
 use crate::ops::source::PrefetchSource;
 use crate::progress::Progress;
@@ -368,15 +368,7 @@ fn resume(
     expected_diff_id: &Digest,
 ) -> Option<ImportedLayer> {
     let files = plan.layer.toc.files(plan.layer.data_end).ok()?;
-    let payloads: Vec<usize> = same
-        .skeleton
-        .segments
-        .iter()
-        .filter_map(|s| match s {
-            Segment::Payload(i) => Some(*i as usize),
-            Segment::Raw(_) => None,
-        })
-        .collect();
+    let payloads: Vec<usize> = same.skeleton.payloads().map(|i| i as usize).collect();
     if payloads.len() != files.len() || same.states.len() != files.len() {
         return None;
     }
@@ -387,17 +379,17 @@ fn resume(
     let mut entries = same.entries.clone();
     let (mut reused_files, mut reused_bytes, mut logical_bytes) = (0u64, 0u64, 0u64);
     let mut p = 0usize;
-    for seg in &same.skeleton.segments {
-        match seg {
-            Segment::Raw(b) => {
+    for part in same.skeleton.parts() {
+        match part.ok()? {
+            Part::Raw(b) => {
                 if p > first_changed {
-                    hasher.update(b);
+                    hasher.update(&b);
                 }
             }
-            Segment::Payload(i) => {
+            Part::Payload(i) => {
                 let f = files[p];
                 let digest = f.digest?;
-                let entry = entries.get_mut(*i as usize)?;
+                let entry = entries.get_mut(i as usize)?;
                 entry.digest = Some(digest);
                 logical_bytes += entry.size;
                 // Files before the first change are the stored layer's own.

@@ -85,6 +85,29 @@ impl Zs {
             .unwrap_or_else(|e| panic!("zstore {a:?} printed invalid JSON ({e}): {out}"))
     }
 
+    /// Runs and returns (exit code, stdout, stderr, peak resident memory of the zstore
+    /// process in bytes, as it reports it through a test hook).
+    pub fn run_measured(&self, args: &[&str]) -> (Option<i32>, String, String, u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let peak = dir.path().join("peak");
+        let out = self
+            .cmd()
+            .args(args)
+            .env("ZSTORE_TEST_PEAK_RSS_FILE", &peak)
+            .output()
+            .expect("running zstore");
+        let rss = std::fs::read_to_string(&peak)
+            .expect("zstore reports its peak memory")
+            .parse()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            rss,
+        )
+    }
+
     /// Runs and asserts failure with exit status 1 and an `error:` line; returns stderr.
     pub fn fails(&self, args: &[&str]) -> String {
         let out = self.run(args);
