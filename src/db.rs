@@ -224,6 +224,65 @@ impl Db {
     }
 }
 
+/// The database opened for reading only: no write and no sync on open or close (a read-write
+/// open costs several fdatasyncs), under a shared lock, so readers do not wait for each other.
+pub enum DbReader {
+    ReadOnly {
+        db: redb::ReadOnlyDatabase,
+        _lock: File,
+    },
+    /// A database that needs a writer first (new, at an older schema version, or left
+    /// unclean by a killed process, which a read-write open repairs).
+    ReadWrite(Db),
+}
+
+impl DbReader {
+    /// Opens the database at `path` for reading (see [`Db::open`] for `lock_path`).
+    pub fn open(path: &Path, lock_path: &Path) -> Result<DbReader, DbError> {
+        if let Some(reader) = Self::open_read_only(path, lock_path)? {
+            return Ok(reader);
+        }
+        Ok(DbReader::ReadWrite(Db::open(path, lock_path)?))
+    }
+
+    fn open_read_only(path: &Path, lock_path: &Path) -> Result<Option<DbReader>, DbError> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(lock_path)
+            .map_err(DbError::Lock)?;
+        lock.lock_shared().map_err(DbError::Lock)?;
+        let Ok(db) = redb::ReadOnlyDatabase::open(path) else {
+            return Ok(None);
+        };
+        let current = {
+            let r = db.begin_read().map_err(redb_err)?;
+            let complete = ALL_TABLES.iter().all(|t| r.open_table(*t).is_ok());
+            let version = match r.open_table(META) {
+                Ok(meta) => meta
+                    .get("schema")
+                    .map_err(redb_err)?
+                    .and_then(|v| v.value().try_into().ok().map(u32::from_le_bytes)),
+                Err(_) => None,
+            };
+            complete && version == Some(SCHEMA_VERSION)
+        };
+        Ok(current.then_some(DbReader::ReadOnly { db, _lock: lock }))
+    }
+
+    /// Starts a read transaction.
+    pub fn read(&self) -> Result<DbRead, DbError> {
+        match self {
+            DbReader::ReadOnly { db, .. } => Ok(DbRead(db.begin_read().map_err(redb_err)?)),
+            DbReader::ReadWrite(db) => db.read(),
+        }
+    }
+}
+
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     postcard::to_allocvec(v).expect("postcard serialisation of in-memory records cannot fail")
 }

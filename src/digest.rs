@@ -44,21 +44,34 @@ impl Digest {
 
     /// The 64 lowercase hex digits, without the algorithm prefix.
     pub fn hex(&self) -> String {
-        hex::encode(self.0)
+        // Called for every object name: a table lookup, not a per-char iterator.
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = Vec::with_capacity(64);
+        for b in self.0 {
+            out.push(DIGITS[usize::from(b >> 4)]);
+            out.push(DIGITS[usize::from(b & 0x0f)]);
+        }
+        String::from_utf8(out).unwrap_or_default()
     }
 
     /// Parses the hex part alone (64 lowercase hex digits).
     pub fn from_hex(hex_digits: &str) -> Result<Self, DigestParseError> {
-        let valid = hex_digits.len() == 64
-            && hex_digits
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        if !valid {
-            return Err(DigestParseError::Hex(hex_digits.to_string()));
+        fn nibble(c: u8) -> Option<u8> {
+            match c {
+                b'0'..=b'9' => Some(c - b'0'),
+                b'a'..=b'f' => Some(c - b'a' + 10),
+                _ => None,
+            }
+        }
+        let bad = || DigestParseError::Hex(hex_digits.to_string());
+        let digits = hex_digits.as_bytes();
+        if digits.len() != 64 {
+            return Err(bad());
         }
         let mut out = [0u8; 32];
-        hex::decode_to_slice(hex_digits, &mut out)
-            .map_err(|_| DigestParseError::Hex(hex_digits.to_string()))?;
+        for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+            *byte = (nibble(pair[0]).ok_or_else(bad)? << 4) | nibble(pair[1]).ok_or_else(bad)?;
+        }
         Ok(Digest(out))
     }
 

@@ -98,12 +98,13 @@ fn decompress_limited(
     limit: u64,
     what: &'static str,
 ) -> Result<Vec<u8>, ChunkedError> {
-    if declared > 0 && declared < limit {
-        return decompress_limited(data, 0, declared, what).map_err(|e| match e {
-            ChunkedError::TooLarge { .. } => ChunkedError::Corrupt(format!(
-                "the {what} decompresses to more than the {declared} bytes its annotation declares"
-            )),
-            e => e,
+    if declared > 0 && declared <= limit {
+        // One call into a buffer of the declared size, which zstd refuses to overrun.
+        let capacity = usize::try_from(declared).unwrap_or(usize::MAX);
+        return zstd::bulk::decompress(data, capacity).map_err(|e| {
+            ChunkedError::Corrupt(format!(
+                "decompressing the {what} (declared as {declared} bytes): {e}"
+            ))
         });
     }
     let mut out = Vec::new();

@@ -52,19 +52,126 @@ pub struct Toc {
     pub tar_split_digest: Option<Digest>,
 }
 
-fn opt_digest<E: de::Error>(s: Option<String>) -> Result<Option<Digest>, E> {
-    match s.as_deref() {
-        None | Some("") => Ok(None),
-        Some(v) => v.parse().map(Some).map_err(E::custom),
+/// The TOC entry keys zstore reads (matched case-insensitively, as Go's encoding/json does),
+/// decoded without allocating.
+#[derive(Clone, Copy)]
+enum Field {
+    Type,
+    Name,
+    LinkName,
+    Mode,
+    Size,
+    Uid,
+    Gid,
+    ModTime,
+    AccessTime,
+    ChangeTime,
+    DevMajor,
+    DevMinor,
+    Xattrs,
+    Digest,
+    Offset,
+    EndOffset,
+    ChunkSize,
+    ChunkOffset,
+    ChunkDigest,
+    ChunkType,
+    Other,
+}
+
+const FIELDS: [(&str, Field); 20] = [
+    ("type", Field::Type),
+    ("name", Field::Name),
+    ("linkname", Field::LinkName),
+    ("mode", Field::Mode),
+    ("size", Field::Size),
+    ("uid", Field::Uid),
+    ("gid", Field::Gid),
+    ("modtime", Field::ModTime),
+    ("accesstime", Field::AccessTime),
+    ("changetime", Field::ChangeTime),
+    ("devmajor", Field::DevMajor),
+    ("devminor", Field::DevMinor),
+    ("xattrs", Field::Xattrs),
+    ("digest", Field::Digest),
+    ("offset", Field::Offset),
+    ("endoffset", Field::EndOffset),
+    ("chunksize", Field::ChunkSize),
+    ("chunkoffset", Field::ChunkOffset),
+    ("chunkdigest", Field::ChunkDigest),
+    ("chunktype", Field::ChunkType),
+];
+
+impl<'de> Deserialize<'de> for Field {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Field;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a TOC entry key")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Field, E> {
+                Ok(FIELDS
+                    .iter()
+                    .find(|(name, _)| name.eq_ignore_ascii_case(v))
+                    .map_or(Field::Other, |(_, f)| *f))
+            }
+        }
+        d.deserialize_str(V)
     }
 }
 
-fn opt_time<E: de::Error>(s: Option<String>) -> Result<Option<Timestamp>, E> {
-    match s.as_deref() {
-        None | Some("") => Ok(None),
-        Some(v) => time::parse(v)
-            .map(Some)
-            .ok_or_else(|| E::custom(format!("bad time {v:?}"))),
+/// An optional string value parsed in place (`null` and `""` are absent): digests and times,
+/// without an intermediate `String`.
+struct Parsed<T>(Option<T>);
+
+/// How a [`Parsed`] value is read from its text.
+trait ParseField: Sized {
+    const WHAT: &'static str;
+    fn parse_field(v: &str) -> Option<Self>;
+}
+
+impl ParseField for Digest {
+    const WHAT: &'static str = "a sha256 digest";
+    fn parse_field(v: &str) -> Option<Self> {
+        v.parse().ok()
+    }
+}
+
+impl ParseField for Timestamp {
+    const WHAT: &'static str = "an RFC 3339 time";
+    fn parse_field(v: &str) -> Option<Self> {
+        time::parse(v)
+    }
+}
+
+impl<'de, T: ParseField> Deserialize<'de> for Parsed<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: ParseField> Visitor<'de> for V<T> {
+            type Value = Parsed<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(T::WHAT)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Parsed<T>, E> {
+                if v.is_empty() {
+                    return Ok(Parsed(None));
+                }
+                T::parse_field(v)
+                    .map(|t| Parsed(Some(t)))
+                    .ok_or_else(|| E::custom(format!("{v:?} is not {}", T::WHAT)))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Parsed<T>, E> {
+                Ok(Parsed(None))
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Parsed<T>, E> {
+                Ok(Parsed(None))
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Parsed<T>, D::Error> {
+                d.deserialize_any(self)
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
     }
 }
 
@@ -78,39 +185,41 @@ impl<'de> Deserialize<'de> for TocEntry {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<TocEntry, A::Error> {
                 let mut e = TocEntry::default();
-                while let Some(key) = m.next_key::<String>()? {
+                while let Some(key) = m.next_key::<Field>()? {
                     let int =
                         |m: &mut A| m.next_value::<Option<i64>>().map(Option::unwrap_or_default);
                     let string = |m: &mut A| {
                         m.next_value::<Option<String>>()
                             .map(Option::unwrap_or_default)
                     };
-                    match key.to_ascii_lowercase().as_str() {
-                        "type" => e.kind = string(&mut m)?,
-                        "name" => e.name = string(&mut m)?,
-                        "linkname" => e.link_name = string(&mut m)?,
-                        "mode" => e.mode = int(&mut m)?,
-                        "size" => e.size = int(&mut m)?,
-                        "uid" => e.uid = int(&mut m)?,
-                        "gid" => e.gid = int(&mut m)?,
-                        "modtime" => e.modtime = opt_time(m.next_value()?)?,
-                        "accesstime" => e.accesstime = opt_time(m.next_value()?)?,
-                        "changetime" => e.changetime = opt_time(m.next_value()?)?,
-                        "devmajor" => e.dev_major = int(&mut m)?,
-                        "devminor" => e.dev_minor = int(&mut m)?,
-                        "xattrs" => {
+                    let digest = |m: &mut A| m.next_value::<Parsed<Digest>>().map(|p| p.0);
+                    let time = |m: &mut A| m.next_value::<Parsed<Timestamp>>().map(|p| p.0);
+                    match key {
+                        Field::Type => e.kind = string(&mut m)?,
+                        Field::Name => e.name = string(&mut m)?,
+                        Field::LinkName => e.link_name = string(&mut m)?,
+                        Field::Mode => e.mode = int(&mut m)?,
+                        Field::Size => e.size = int(&mut m)?,
+                        Field::Uid => e.uid = int(&mut m)?,
+                        Field::Gid => e.gid = int(&mut m)?,
+                        Field::ModTime => e.modtime = time(&mut m)?,
+                        Field::AccessTime => e.accesstime = time(&mut m)?,
+                        Field::ChangeTime => e.changetime = time(&mut m)?,
+                        Field::DevMajor => e.dev_major = int(&mut m)?,
+                        Field::DevMinor => e.dev_minor = int(&mut m)?,
+                        Field::Xattrs => {
                             e.xattrs = m
                                 .next_value::<Option<BTreeMap<String, String>>>()?
                                 .unwrap_or_default()
                         }
-                        "digest" => e.digest = opt_digest(m.next_value()?)?,
-                        "offset" => e.offset = int(&mut m)?,
-                        "endoffset" => e.end_offset = int(&mut m)?,
-                        "chunksize" => e.chunk_size = int(&mut m)?,
-                        "chunkoffset" => e.chunk_offset = int(&mut m)?,
-                        "chunkdigest" => e.chunk_digest = opt_digest(m.next_value()?)?,
-                        "chunktype" => e.chunk_type = string(&mut m)?,
-                        _ => {
+                        Field::Digest => e.digest = digest(&mut m)?,
+                        Field::Offset => e.offset = int(&mut m)?,
+                        Field::EndOffset => e.end_offset = int(&mut m)?,
+                        Field::ChunkSize => e.chunk_size = int(&mut m)?,
+                        Field::ChunkOffset => e.chunk_offset = int(&mut m)?,
+                        Field::ChunkDigest => e.chunk_digest = digest(&mut m)?,
+                        Field::ChunkType => e.chunk_type = string(&mut m)?,
+                        Field::Other => {
                             m.next_value::<IgnoredAny>()?;
                         }
                     }
@@ -159,7 +268,9 @@ impl<'de> Deserialize<'de> for Toc {
                     match key.to_ascii_lowercase().as_str() {
                         "version" => t.version = m.next_value::<Option<i64>>()?.unwrap_or_default(),
                         "entries" => t.entries = m.next_value::<Entries>()?.0,
-                        "tarsplitdigest" => t.tar_split_digest = opt_digest(m.next_value()?)?,
+                        "tarsplitdigest" => {
+                            t.tar_split_digest = m.next_value::<Parsed<Digest>>()?.0
+                        }
                         _ => {
                             m.next_value::<IgnoredAny>()?;
                         }

@@ -50,7 +50,7 @@ pub fn export_layer(
 ) -> Result<ExportReport, ExportError> {
     let _lock = store.lock(LockMode::Shared, progress)?;
     let (diff_id, toc, skeleton) = {
-        let db = store.db()?;
+        let db = store.db_reader()?;
         let r = db.read().map_err(StoreError::from)?;
         let image = store.find_image(&r, query)?;
         let layer = image.layers.get(index).ok_or(ExportError::NoSuchLayer {

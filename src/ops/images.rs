@@ -23,7 +23,7 @@ pub struct ImageSummary {
 
 /// Lists stored images, sorted by first name.
 pub fn list(store: &Store) -> Result<Vec<ImageSummary>, StoreError> {
-    let db = store.db()?;
+    let db = store.db_reader()?;
     let r = db.read()?;
     let mut names: BTreeMap<Digest, Vec<String>> = BTreeMap::new();
     for (name, d) in r.names()? {
@@ -81,7 +81,7 @@ pub struct ImageDetail {
 
 /// Describes one image.
 pub fn inspect(store: &Store, query: &str) -> Result<ImageDetail, StoreError> {
-    let db = store.db()?;
+    let db = store.db_reader()?;
     let r = db.read()?;
     let image = store.find_image(&r, query)?;
     let names = r

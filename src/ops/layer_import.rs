@@ -1,7 +1,7 @@
 //! Importing one layer into the staging area: by streaming the whole blob (any format), or
 //! for zstd:chunked, by reading its TOC and only the ranges of files the store lacks.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::io::{self, BufRead, BufReader, Read};
 
 use crate::chunked::annotations::ChunkedAnnotations;
@@ -159,9 +159,9 @@ impl ObjectSink for ExpectingSink<'_, '_> {
 pub struct ChunkedPlan<'a> {
     pub source: Box<dyn PrefetchSource + Send + 'a>,
     layer: ChunkedLayer,
-    pieces: Vec<Piece>,
-    /// The stored layer of the same shape whose skeleton the pieces borrow (a guess the DiffID
-    /// confirms or refutes).
+    /// How the tar is rebuilt: from the layer's own description, or (when `None`) from the
+    /// stored layer of the same shape in `borrowed` (a guess the DiffID confirms or refutes).
+    pieces: Option<Vec<Piece>>,
     borrowed: Option<SameShape>,
 }
 
@@ -203,31 +203,42 @@ pub fn plan_chunked<'a>(
         source,
     };
     let layer = ChunkedLayer::open(source.as_ref(), ann, desc.size).map_err(chunked_err)?;
-    // Decide on the TOC alone, before fetching anything else.
-    let missing_files: u64 = layer
-        .toc
-        .files(layer.data_end)
-        .map_err(chunked_err)?
+    // Decide on the TOC alone, before fetching anything else. Each content is looked up in
+    // the store once, except those of a stored layer of the same shape: present already.
+    let borrowed = same_shape_layer(store, &layer);
+    let known: HashSet<Digest> = borrowed
         .iter()
-        .filter(|f| f.digest.is_none_or(|d| !store.has_object(&d)))
-        .map(|f| (f.end_offset - f.offset) as u64)
-        .sum();
+        .flat_map(|s| s.entries.iter().filter_map(|e| e.digest))
+        .collect();
+    let mut missing: HashSet<Digest> = HashSet::new();
+    let files = layer.toc.files(layer.data_end).map_err(chunked_err)?;
+    let missing_files: Vec<std::ops::Range<u64>> = files
+        .iter()
+        .filter(|f| match f.digest {
+            None => true,
+            Some(d) if known.contains(&d) => false,
+            Some(d) => missing.contains(&d) || (!store.has_object(&d) && missing.insert(d)),
+        })
+        .map(|f| f.offset as u64..f.end_offset as u64)
+        .collect();
+    let missing_bytes: u64 = missing_files.iter().map(|r| r.end - r.start).sum();
     if let Some(fraction) = whole_above
-        && missing_files as f64 > fraction * desc.size as f64
+        && missing_bytes as f64 > fraction * desc.size as f64
     {
         return Ok(Planned::Whole {
             metadata_read: source.bytes_read(),
         });
     }
-    let same = same_shape_layer(store, &layer);
-    let borrowed_pieces = same
-        .as_ref()
-        .and_then(|s| layer.borrowed_pieces(&s.skeleton, &s.entries).ok());
-    let (pieces, borrowed) = match borrowed_pieces {
-        Some(p) => (p, same),
-        None => (layer.pieces(source.as_ref()).map_err(chunked_err)?, None),
+    // With a stored layer of the same shape, only the missing files are needed (its skeleton
+    // supplies the rest); the pieces are only worked out if that guess fails.
+    let (pieces, wanted) = match borrowed {
+        Some(_) => (None, missing_files),
+        None => {
+            let pieces = layer.pieces(source.as_ref()).map_err(chunked_err)?;
+            let wanted = missing_ranges(&pieces, |d| missing.contains(d));
+            (Some(pieces), wanted)
+        }
     };
-    let wanted = missing_ranges(store, &pieces);
     source.prefetch(&wanted).map_err(|e| PullError::Read {
         index,
         digest,
@@ -242,12 +253,15 @@ pub fn plan_chunked<'a>(
 }
 
 /// Ranges of the blob the pieces need that the store cannot supply.
-fn missing_ranges(store: &Store, pieces: &[Piece]) -> Vec<std::ops::Range<u64>> {
+fn missing_ranges(
+    pieces: &[Piece],
+    is_missing: impl Fn(&Digest) -> bool,
+) -> Vec<std::ops::Range<u64>> {
     pieces
         .iter()
         .filter_map(|p| match p {
             Piece::Frames(r) => Some(r.clone()),
-            Piece::File { digest, range, .. } if !store.has_object(digest) => Some(range.clone()),
+            Piece::File { digest, range, .. } if is_missing(digest) => Some(range.clone()),
             _ => None,
         })
         .collect()
@@ -270,13 +284,18 @@ pub fn import_planned(
         digest,
         source,
     };
-    let source = plan.source.as_ref();
+    let ChunkedPlan {
+        source,
+        layer,
+        pieces,
+        borrowed,
+    } = *plan;
+    let source = source.as_ref();
     let attempt =
         |staging: &mut Staging<'_>, pieces: Vec<Piece>| -> Result<ImportedLayer, PullError> {
-            let expected = plan
-                .layer
+            let expected = layer
                 .toc
-                .files(plan.layer.data_end)
+                .files(layer.data_end)
                 .map_err(chunked_err)?
                 .into_iter()
                 .map(|f| {
@@ -292,7 +311,7 @@ pub fn import_planned(
                 digest,
                 source,
             })?;
-            check_toc_matches(&plan.layer.toc, &imported.entries).map_err(chunked_err)?;
+            check_toc_matches(&layer.toc, &imported.entries).map_err(chunked_err)?;
             if imported.diff_id != *expected_diff_id {
                 return Err(PullError::DiffId {
                     index,
@@ -303,26 +322,35 @@ pub fn import_planned(
             }
             Ok(imported)
         };
-    // Fast path: hash from the first changed file on, resuming from the stored layer's state.
-    if let Some(same) = &plan.borrowed
-        && let Some(l) = resume(staging, store, &plan, same, expected_diff_id)
-    {
-        return Ok((l, source.bytes_read()));
-    }
-    let imported = match attempt(staging, plan.pieces.clone()) {
-        Ok(l) => l,
-        Err(_) if plan.borrowed.is_some() => {
-            let pieces = plan.layer.pieces(source).map_err(chunked_err)?;
-            source
-                .prefetch(&missing_ranges(store, &pieces))
-                .map_err(|e| PullError::Read {
-                    index,
-                    digest,
-                    source: e,
-                })?;
-            attempt(staging, pieces)?
+    // The layer's own pieces, with whatever they need that is not fetched yet.
+    let own_pieces = || -> Result<Vec<Piece>, PullError> {
+        let pieces = layer.pieces(source).map_err(chunked_err)?;
+        source
+            .prefetch(&missing_ranges(&pieces, |d| !store.has_object(d)))
+            .map_err(|e| PullError::Read {
+                index,
+                digest,
+                source: e,
+            })?;
+        Ok(pieces)
+    };
+    let imported = match (pieces, &borrowed) {
+        (Some(pieces), _) => attempt(staging, pieces)?,
+        (None, Some(same)) => {
+            // Fast path: hash from the first changed file on, resuming from the stored
+            // layer's state; then the stored skeleton as a whole; then the layer's own.
+            if let Some(l) = resume(staging, store, &layer, source, same, expected_diff_id) {
+                return Ok((l, source.bytes_read()));
+            }
+            match layer.borrowed_pieces(&same.skeleton, &same.entries) {
+                Ok(pieces) => match attempt(staging, pieces) {
+                    Ok(l) => l,
+                    Err(_) => attempt(staging, own_pieces()?)?,
+                },
+                Err(_) => attempt(staging, own_pieces()?)?,
+            }
         }
-        Err(e) => return Err(e),
+        (None, None) => attempt(staging, own_pieces()?)?,
     };
     Ok((imported, source.bytes_read()))
 }
@@ -331,7 +359,7 @@ pub fn import_planned(
 fn same_shape_layer(store: &Store, layer: &ChunkedLayer) -> Option<SameShape> {
     let entries = layer.entries().ok()?;
     let shape = shape_digest(&entries);
-    let db = store.db().ok()?;
+    let db = store.db_reader().ok()?;
     let r = db.read().ok()?;
     let diff_id = r.layer_by_shape(&shape).ok()??;
     Some(SameShape {
@@ -363,11 +391,12 @@ impl<R: Read> Read for Tee<'_, R> {
 fn resume(
     staging: &mut Staging<'_>,
     store: &Store,
-    plan: &ChunkedPlan<'_>,
+    layer: &ChunkedLayer,
+    source: &dyn PrefetchSource,
     same: &SameShape,
     expected_diff_id: &Digest,
 ) -> Option<ImportedLayer> {
-    let files = plan.layer.toc.files(plan.layer.data_end).ok()?;
+    let files = layer.toc.files(layer.data_end).ok()?;
     let payloads: Vec<usize> = same.skeleton.payloads().map(|i| i as usize).collect();
     if payloads.len() != files.len() || same.states.len() != files.len() {
         return None;
@@ -409,7 +438,7 @@ fn resume(
                         Some(file) => Box::new(file),
                         None => Box::new(
                             zstd::stream::read::Decoder::new(
-                                plan.source
+                                source
                                     .open_range(f.offset as u64..f.end_offset as u64)
                                     .ok()?,
                             )

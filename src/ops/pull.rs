@@ -246,7 +246,7 @@ fn pull_from(
 
     let _lock = store.lock(LockMode::Shared, progress)?;
     let stored: HashMap<Digest, LayerRecord> = {
-        let db = store.db()?;
+        let db = store.db_reader()?;
         let r = db.read()?;
         let mut m = HashMap::new();
         for diff_id in &config.rootfs.diff_ids {
@@ -548,7 +548,7 @@ fn fetch_layers<'a>(
 /// Whether the store holds no layer at all.
 fn store_is_empty(store: &Store) -> bool {
     store
-        .db()
+        .db_reader()
         .ok()
         .and_then(|db| db.read().ok())
         .and_then(|r| r.layers().ok())

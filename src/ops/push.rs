@@ -150,7 +150,7 @@ pub fn push(
     };
     let _lock = store.lock(LockMode::Shared, progress)?;
     let (image, layers) = {
-        let db = store.db()?;
+        let db = store.db_reader()?;
         let r = db.read()?;
         let image = store.find_image(&r, query)?;
         let mut layers = Vec::new();

@@ -109,7 +109,7 @@ pub fn checkout(
 ) -> Result<CheckoutReport, StoreError> {
     let _lock = store.lock(LockMode::Shared, progress)?;
     let (image, tocs) = {
-        let db = store.db()?;
+        let db = store.db_reader()?;
         let r = db.read()?;
         let image = store.find_image(&r, query)?;
         let mut tocs = Vec::with_capacity(image.layers.len());

@@ -35,7 +35,7 @@ pub fn df(store: &Store, progress: &dyn Progress) -> Result<DfReport, StoreError
     let _lock = store.lock(LockMode::Shared, progress)?;
     let mut report = DfReport::default();
     {
-        let db = store.db()?;
+        let db = store.db_reader()?;
         let r = db.read()?;
         report.images = r.images()?.len() as u64;
         let layers = r.layers()?;

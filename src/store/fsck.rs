@@ -81,7 +81,7 @@ pub fn fsck(
 
     // Database references.
     let referenced = {
-        let db = store.db()?;
+        let db = store.db_reader()?;
         let r = db.read()?;
         let images = r.images()?;
         report.images_checked = images.len() as u64;

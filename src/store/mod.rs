@@ -27,7 +27,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::db::{Db, DbError, DbView, ImageRecord};
+use crate::db::{Db, DbError, DbReader, DbView, ImageRecord};
 use crate::digest::Digest;
 use crate::layer::flatten::FlattenError;
 use crate::layer::import::ImportError;
@@ -234,7 +234,15 @@ impl Store {
             .ctx(|| "taking the store lock".to_string())
     }
 
-    /// Opens the metadata database for a short transaction.
+    /// Opens the metadata database for reading only (cheaper than [`Store::db`]).
+    pub fn db_reader(&self) -> Result<DbReader, StoreError> {
+        Ok(DbReader::open(
+            &self.root.join("db.redb"),
+            &self.root.join("db.lock"),
+        )?)
+    }
+
+    /// Opens the metadata database for a short read-write transaction.
     pub fn db(&self) -> Result<Db, StoreError> {
         Ok(Db::open(
             &self.root.join("db.redb"),
