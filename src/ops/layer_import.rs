@@ -13,6 +13,7 @@ use crate::layer::entry::{Entry, normalize_path, shape_digest};
 use crate::layer::import::{ImportError, ImportedLayer, ObjectSink, StoredFile, import_tar};
 use crate::layer::skeleton::{Part, Skeleton};
 use crate::ops::pull::PullError;
+use crate::ops::read_ahead::read_ahead;
 use crate::ops::source::PrefetchSource;
 use crate::progress::Progress;
 use crate::store::Store;
@@ -47,7 +48,7 @@ fn sniff(head: &[u8]) -> &'static str {
 /// and checks the DiffID. Returns the layer and the number of blob bytes read.
 pub fn import_blob(
     staging: &mut Staging<'_>,
-    blob: impl Read,
+    blob: impl Read + Send,
     index: usize,
     desc: &Descriptor,
     format: LayerFormat,
@@ -81,14 +82,23 @@ pub fn import_blob(
                 actual,
             });
         }
-        let result = match actual {
-            "gzip" => import_tar(flate2::read::MultiGzDecoder::new(&mut head), staging),
-            "zstd" => import_tar(
-                zstd::stream::read::Decoder::with_buffer(&mut head).map_err(read_err)?,
-                staging,
-            ),
-            _ => import_tar(&mut head, staging),
-        };
+        // Reading, hashing and decompressing the blob on one core, the tar and its files on
+        // the other.
+        let (result, produced) = read_ahead(
+            |tar| {
+                match actual {
+                    "gzip" => io::copy(&mut flate2::read::MultiGzDecoder::new(&mut head), tar)?,
+                    "zstd" => io::copy(
+                        &mut zstd::stream::read::Decoder::with_buffer(&mut head)?,
+                        tar,
+                    )?,
+                    _ => io::copy(&mut head, tar)?,
+                };
+                // Whatever follows the compressed stream still counts for the blob digest.
+                io::copy(&mut head, &mut io::sink()).map(|_| ())
+            },
+            |tar| import_tar(tar, staging),
+        );
         let layer = result.map_err(|source| match source {
             ImportError::Tar(crate::layer::tar::TarError::Io(e)) => read_err(e),
             source => PullError::Import {
@@ -97,8 +107,7 @@ pub fn import_blob(
                 source,
             },
         })?;
-        // Whatever follows the compressed stream still counts for the blob digest.
-        io::copy(&mut head, &mut io::sink()).map_err(read_err)?;
+        produced.map_err(read_err)?;
         layer
     };
     let (actual, size, _) = hashing.finish();

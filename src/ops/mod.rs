@@ -5,4 +5,5 @@ pub mod images;
 pub mod layer_import;
 pub mod pull;
 pub mod push;
+pub mod read_ahead;
 pub mod source;

@@ -151,6 +151,9 @@ pub struct PullReport {
     /// Uncompressed bytes of files taken from the store.
     pub reused_bytes: u64,
     pub layers: Vec<LayerReport>,
+    /// Time spent making the pull durable: syncing the new objects, then committing the
+    /// database (its fsyncs). Reported so that their cost can be measured.
+    pub sync_seconds: f64,
 }
 
 fn verify(what: &'static str, desc: &Descriptor, bytes: &[u8]) -> Result<(), PullError> {
@@ -362,7 +365,7 @@ fn pull_from(
     }
 
     crate::testhook::pause("pull-before-publish");
-    staging.publish()?;
+    let published = staging.publish()?;
     crate::testhook::pause("pull-before-commit");
     let image = ImageRecord {
         manifest_digest: desc.digest,
@@ -392,6 +395,7 @@ fn pull_from(
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0),
     };
+    let commit_start;
     {
         let db = store.db()?;
         let w = db.write()?;
@@ -415,8 +419,11 @@ fn pull_from(
         }
         w.put_image(&image)?;
         w.set_name(name, &image.manifest_digest)?;
+        commit_start = std::time::Instant::now();
         w.commit()?;
     }
+    // The commit's and the database close's syncs.
+    let commit_seconds = commit_start.elapsed().as_secs_f64();
     let reused_bytes = reports.iter().map(|l| l.reused_bytes).sum();
     Ok(PullReport {
         image: name.to_string(),
@@ -425,6 +432,7 @@ fn pull_from(
         fetched_bytes: fetched,
         reused_bytes,
         layers: reports,
+        sync_seconds: published.sync_seconds + commit_seconds,
     })
 }
 

@@ -40,6 +40,8 @@ pub struct PublishStats {
     pub new_variants: u64,
     /// Contents that had no canonical object before.
     pub new_objects: u64,
+    /// Time spent making them durable (`syncfs`).
+    pub sync_seconds: f64,
 }
 
 impl<'s> Staging<'s> {
@@ -140,7 +142,9 @@ impl<'s> Staging<'s> {
             }
         }
         // Durable before the database records anything that refers to these objects.
+        let start = std::time::Instant::now();
         sys::syncfs(objects).ctx(|| "syncing the store filesystem".to_string())?;
+        stats.sync_seconds = start.elapsed().as_secs_f64();
         Ok(stats)
     }
 }
