@@ -41,9 +41,10 @@ fn version(cmd: &str, arg: &str) -> String {
         .arg(arg)
         .output()
         .map(|o| {
+            // The first line naming a version (ostree starts with "libostree:").
             String::from_utf8_lossy(&o.stdout)
                 .lines()
-                .next()
+                .find(|l| l.bytes().any(|b| b.is_ascii_digit()))
                 .unwrap_or("")
                 .trim()
                 .to_string()
@@ -114,6 +115,29 @@ fn read_tree(dir: &Path) -> u64 {
     total
 }
 
+/// `btrfs filesystem du -s --raw` of each path: total, exclusive and shared bytes (null if the
+/// command fails).
+fn btrfs_du(paths: &[&Path]) -> Value {
+    let Ok(out) = Command::new("btrfs")
+        .args(["filesystem", "du", "-s", "--raw"])
+        .args(paths)
+        .output()
+    else {
+        return Value::Null;
+    };
+    let rows: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let total: u64 = w.next()?.parse().ok()?;
+            let exclusive: u64 = w.next()?.parse().ok()?;
+            let shared: u64 = w.next()?.parse().ok()?;
+            Some(json!({"path": w.collect::<Vec<_>>().join(" "), "total": total, "exclusive": exclusive, "shared": shared}))
+        })
+        .collect();
+    json!(rows)
+}
+
 fn timed(cmd: &mut Command) -> anyhow::Result<f64> {
     let t = Instant::now();
     let out = cmd.output()?;
@@ -142,6 +166,16 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         if !have(cmd) {
             bail!("{cmd} is needed: install the {pkg} package");
         }
+    }
+    if root && !have("ostree") && have("apt-get") {
+        eprintln!("== installing ostree (checkout baseline)");
+        let _ = Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends", "ostree"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .output();
+    }
+    if !have("ostree") {
+        skipped.push("ostree checkout baseline: ostree is not installed".into());
     }
     let podman_ok = root && have("podman");
     if root && !podman_ok {
@@ -266,7 +300,7 @@ fn bench(
             for i in 0..count {
                 let b0 = registry.bytes_sent();
                 let (j, secs) = zs.json(&["pull", &image(format, i)])?;
-                pulls.push(json!({"image": i, "seconds": secs, "registry_bytes": registry.bytes_sent() - b0, "fetched_bytes": j["fetched_bytes"]}));
+                pulls.push(json!({"image": i, "seconds": secs, "registry_bytes": registry.bytes_sent() - b0, "fetched_bytes": j["fetched_bytes"], "sync_seconds": j["sync_seconds"]}));
             }
             r[format!("zstore_pull_{}", format.replace(':', "_"))] =
                 json!({"pulls": pulls, "disk_bytes": used() - before_used});
@@ -300,6 +334,11 @@ fn bench(
                 }
             }
             let disk = used() - before;
+            let btrfs_du = if kind == "btrfs" {
+                btrfs_du(&[&zs.root, &base])
+            } else {
+                Value::Null
+            };
             let mut cache = Value::Null;
             if root {
                 drop_caches()?;
@@ -307,7 +346,7 @@ fn bench(
                 let read = read_tree(&base);
                 cache = json!({"page_cache_bytes": page_cache_bytes().saturating_sub(c0), "read_bytes": read});
             }
-            modes.push(json!({"mode": mode, "disk_bytes": disk, "checkout_seconds": first_secs, "files": files_n, "files_per_second": files_n as f64 / first_secs.max(1e-9), "page_cache": cache}));
+            modes.push(json!({"mode": mode, "disk_bytes": disk, "checkout_seconds": first_secs, "files": files_n, "files_per_second": files_n as f64 / first_secs.max(1e-9), "page_cache": cache, "btrfs_du": btrfs_du}));
             // Baselines for checkout speed, from the first tree.
             if mode == "copy" {
                 let src = base.join("c0");
@@ -326,6 +365,29 @@ fn bench(
                             .arg(mnt.join("cp-reflink")),
                     )?;
                     modes.push(json!({"mode": "cp -a --reflink=always", "checkout_seconds": t, "files": files_n, "files_per_second": files_n as f64 / t.max(1e-9)}));
+                }
+                if have("ostree") {
+                    // ostree's own hardlink checkout of the same tree, from a bare repository on
+                    // the same filesystem (the commit is not timed: it is ostree's import).
+                    let repo = mnt.join("ostree-repo");
+                    let ostree = |args: &[&str]| {
+                        let mut c = Command::new("ostree");
+                        c.arg(format!("--repo={}", repo.display())).args(args);
+                        c
+                    };
+                    timed(&mut ostree(&["init", "--mode=bare"]))?;
+                    timed(&mut ostree(&[
+                        "commit",
+                        "-b",
+                        "c0",
+                        &format!("--tree=dir={}", src.display()),
+                    ]))?;
+                    let t = timed(
+                        ostree(&["checkout", "--require-hardlinks", "c0"]).arg(mnt.join("ostree-co")),
+                    )?;
+                    modes.push(json!({"mode": "ostree checkout (hardlinks)", "checkout_seconds": t, "files": files_n, "files_per_second": files_n as f64 / t.max(1e-9)}));
+                    let _ = std::fs::remove_dir_all(mnt.join("ostree-co"));
+                    let _ = std::fs::remove_dir_all(&repo);
                 }
                 let _ = std::fs::remove_dir_all(mnt.join("cp-al"));
                 let _ = std::fs::remove_dir_all(mnt.join("cp-reflink"));
@@ -393,6 +455,7 @@ fn bench(
             "podman": version("podman", "--version"),
             "skopeo": version("skopeo", "--version"),
             "docker-registry": version("docker-registry", "--version"),
+            "ostree": version("ostree", "--version"),
         },
         "skipped": skipped,
         "filesystems": fs_results,

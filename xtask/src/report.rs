@@ -227,9 +227,17 @@ pub fn markdown(r: &Value) -> String {
                 sum(&run["pulls"], "registry_bytes") / 1e6
             );
         }
+        let synced = |pulls: &Value| (sum(pulls, "sync_seconds"), sum(pulls, "seconds"));
+        let ((zs, zt), (gs, gt)) = (synced(z), synced(g));
         let _ = writeln!(
             s,
-            "\n\n### Disk (MB, `df` deltas) and page cache (MB after reading every file of all checkouts, caches dropped first)\n"
+            "\n\nDurability (syncfs of new objects, then the database commit's fsyncs) took {zs:.2} s of the {zt:.2} s of zstore's zstd:chunked pulls ({:.0} %) and {gs:.2} s of {gt:.2} s of its gzip pulls ({:.0} %).",
+            100.0 * zs / zt.max(1e-9),
+            100.0 * gs / gt.max(1e-9)
+        );
+        let _ = writeln!(
+            s,
+            "\n### Disk (MB, `df` deltas) and page cache (MB after reading every file of all checkouts, caches dropped first)\n"
         );
         let _ = writeln!(s, "| what | disk | page cache |\n| --- | --- | --- |");
         let _ = writeln!(
@@ -263,6 +271,31 @@ pub fn markdown(r: &Value) -> String {
                 run["use_hard_links"],
                 mb(&run["disk_bytes"])
             );
+        }
+        let du: Vec<&Value> = fs["checkout_modes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| m["btrfs_du"].is_array())
+            .collect();
+        if !du.is_empty() {
+            let _ = writeln!(
+                s,
+                "\n`btrfs filesystem du` (MB) of the store and of the checkouts of every image, per mode:\n\n| mode | store total | store exclusive | checkouts total | checkouts exclusive | checkouts shared |\n| --- | --- | --- | --- | --- | --- |"
+            );
+            for m in du {
+                let (st, co) = (&m["btrfs_du"][0], &m["btrfs_du"][1]);
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {} | {} |",
+                    m["mode"].as_str().unwrap_or(""),
+                    mb(&st["total"]),
+                    mb(&st["exclusive"]),
+                    mb(&co["total"]),
+                    mb(&co["exclusive"]),
+                    mb(&co["shared"])
+                );
+            }
         }
         let _ = writeln!(
             s,
