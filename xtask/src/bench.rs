@@ -383,7 +383,8 @@ fn bench(
                         &format!("--tree=dir={}", src.display()),
                     ]))?;
                     let t = timed(
-                        ostree(&["checkout", "--require-hardlinks", "c0"]).arg(mnt.join("ostree-co")),
+                        ostree(&["checkout", "--require-hardlinks", "c0"])
+                            .arg(mnt.join("ostree-co")),
                     )?;
                     modes.push(json!({"mode": "ostree checkout (hardlinks)", "checkout_seconds": t, "files": files_n, "files_per_second": files_n as f64 / t.max(1e-9)}));
                     let _ = std::fs::remove_dir_all(mnt.join("ostree-co"));
