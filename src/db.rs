@@ -5,19 +5,21 @@
 //! transactions, serialised across processes by a lock file (`db.lock`). Long work (downloads,
 //! checkouts) never holds it.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::path::Path;
 
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::digest::Digest;
 use crate::layer::entry::Entry;
 use crate::layer::skeleton::{Part, Skeleton};
 
-/// Version of the database schema; bumped on incompatible changes. Version 2 stores are
-/// migrated when opened (their skeletons kept raw bytes inline).
-pub const SCHEMA_VERSION: u32 = 3;
+/// Version of the database schema; bumped on incompatible changes. Stores at versions 2 and 3
+/// are migrated when opened (2 kept skeleton bytes inline, 2 and 3 kept one whole TOC and
+/// skeleton per layer).
+pub const SCHEMA_VERSION: u32 = 4;
 
 type Tbl = TableDefinition<'static, &'static str, &'static [u8]>;
 const META: Tbl = TableDefinition::new("meta");
@@ -32,7 +34,10 @@ const CHECKOUTS: Tbl = TableDefinition::new("checkouts");
 const LAYER_SHAPES: Tbl = TableDefinition::new("layer_shapes");
 /// DiffID → hash states at each file's content (see [`crate::digest::Midstate`]).
 const LAYER_MIDSTATES: Tbl = TableDefinition::new("layer_midstates");
-const ALL_TABLES: [Tbl; 10] = [
+/// sha256 of a value → the value: layer metadata that layers share (see [`TocRecord`]).
+const METADATA_BLOBS: Tbl = TableDefinition::new("metadata_blobs");
+const ALL_TABLES: [Tbl; 11] = [
+    METADATA_BLOBS,
     LAYER_MIDSTATES,
     META,
     IMAGES,
@@ -146,7 +151,7 @@ impl Db {
     }
 
     fn init(&self) -> Result<(), DbError> {
-        let mut migrate = false;
+        let mut migrate = None;
         {
             let r = self.db.begin_read().map_err(redb_err)?;
             let complete = ALL_TABLES.iter().all(|t| r.open_table(*t).is_ok());
@@ -154,8 +159,12 @@ impl Db {
                 && let Some(v) = meta.get("schema").map_err(redb_err)?
             {
                 let found = u32::from_le_bytes(v.value().try_into().unwrap_or([0xff; 4]));
-                if found == 2 && complete {
-                    migrate = true;
+                let tables_of_3 = ALL_TABLES
+                    .iter()
+                    .filter(|t| t.name() != METADATA_BLOBS.name())
+                    .all(|t| r.open_table(*t).is_ok());
+                if (found == 2 || found == 3) && tables_of_3 {
+                    migrate = Some(found);
                 } else if found != SCHEMA_VERSION {
                     return Err(DbError::Schema { found });
                 } else if complete {
@@ -163,35 +172,42 @@ impl Db {
                 }
             }
         }
-        if migrate {
-            return self.migrate_from_v2();
-        }
         let w = self.db.begin_write().map_err(redb_err)?;
         for t in ALL_TABLES {
             w.open_table(t).map_err(redb_err)?;
         }
-        w.open_table(META)
-            .map_err(redb_err)?
-            .insert("schema", &SCHEMA_VERSION.to_le_bytes()[..])
-            .map_err(redb_err)?;
+        if migrate.is_none() {
+            w.open_table(META)
+                .map_err(redb_err)?
+                .insert("schema", &SCHEMA_VERSION.to_le_bytes()[..])
+                .map_err(redb_err)?;
+        }
         w.commit().map_err(redb_err)?;
-        Ok(())
+        match migrate {
+            Some(from) => self.migrate(from),
+            None => Ok(()),
+        }
     }
 
-    /// Rewrites every skeleton in the current form, in one transaction (a crash leaves the
-    /// version 2 database as it was).
-    fn migrate_from_v2(&self) -> Result<(), DbError> {
-        let w = self.db.begin_write().map_err(redb_err)?;
-        {
-            let mut table = w.open_table(LAYER_SKELETONS).map_err(redb_err)?;
-            let mut old = Vec::new();
-            for item in table.iter().map_err(redb_err)? {
-                let (k, v) = item.map_err(redb_err)?;
-                old.push((k.value().to_string(), v.value().to_vec()));
-            }
-            for (key, bytes) in old {
+    /// Rewrites every layer's TOC and skeleton in the current form, in one transaction (a
+    /// crash leaves the database as it was).
+    fn migrate(&self, from: u32) -> Result<(), DbError> {
+        let w = DbWrite(self.db.begin_write().map_err(redb_err)?);
+        let keys: Vec<String> = w.all_raw(LAYER_TOCS)?.into_iter().map(|(k, _)| k).collect();
+        for key in keys {
+            let raw = |table: Tbl, name: &'static str| -> Result<Vec<u8>, DbError> {
+                w.get_raw(table, &key)?.ok_or_else(|| DbError::Decode {
+                    table: name,
+                    key: key.clone(),
+                    reason: "missing while migrating".into(),
+                })
+            };
+            let toc: Vec<Entry> =
+                decode_compressed("layer_tocs", &key, &raw(LAYER_TOCS, "layer_tocs")?)?;
+            let bytes = raw(LAYER_SKELETONS, "layer_skeletons")?;
+            let skeleton = if from == 2 {
                 let v2: v2::Skeleton = decode_compressed("layer_skeletons", &key, &bytes)?;
-                let skeleton = Skeleton::from_parts(v2.segments.into_iter().map(|s| match s {
+                Skeleton::from_parts(v2.segments.into_iter().map(|s| match s {
                     v2::Segment::Raw(b) => Part::Raw(b),
                     v2::Segment::Payload(i) => Part::Payload(i),
                 }))
@@ -199,18 +215,15 @@ impl Db {
                     table: "layer_skeletons",
                     key: key.clone(),
                     reason: e.to_string(),
-                })?;
-                table
-                    .insert(key.as_str(), encode(&skeleton).as_slice())
-                    .map_err(redb_err)?;
-            }
+                })?
+            } else {
+                decode("layer_skeletons", &key, &bytes)?
+            };
+            w.put_toc(&key, &toc)?;
+            w.put_skeleton(&key, &skeleton)?;
         }
-        w.open_table(META)
-            .map_err(redb_err)?
-            .insert("schema", &SCHEMA_VERSION.to_le_bytes()[..])
-            .map_err(redb_err)?;
-        w.commit().map_err(redb_err)?;
-        Ok(())
+        w.put(META, "schema", &SCHEMA_VERSION.to_le_bytes())?;
+        w.commit()
     }
 
     /// Starts a read transaction.
@@ -281,6 +294,18 @@ impl DbReader {
             DbReader::ReadWrite(db) => db.read(),
         }
     }
+}
+
+/// File digests per metadata blob: a new version of a layer (same shape, a few files changed)
+/// shares every chunk but those holding the changed files' digests.
+const DIGEST_CHUNK: usize = 128;
+
+/// How a layer's table of contents is stored: its entries without file digests (the shape,
+/// which layers of the same shape share), then the digests in chunks, each a metadata blob.
+#[derive(Serialize, Deserialize)]
+struct TocRecord {
+    shape: Digest,
+    digest_chunks: Vec<Digest>,
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -405,9 +430,56 @@ pub trait DbView {
     }
     fn toc(&self, diff_id: &Digest) -> Result<Option<Vec<Entry>>, DbError> {
         let key = diff_id.to_string();
-        self.get_raw(LAYER_TOCS, &key)?
-            .map(|b| decode_compressed("layer_tocs", &key, &b))
-            .transpose()
+        let Some(raw) = self.get_raw(LAYER_TOCS, &key)? else {
+            return Ok(None);
+        };
+        let record: TocRecord = decode("layer_tocs", &key, &raw)?;
+        let shape = self.metadata_blob(&record.shape, &key)?;
+        let mut entries: Vec<Entry> =
+            decode_compressed("metadata_blobs", &record.shape.to_string(), &shape)?;
+        let mut next = entries.iter_mut();
+        for chunk in &record.digest_chunks {
+            let digests: Vec<Option<Digest>> = decode(
+                "metadata_blobs",
+                &chunk.to_string(),
+                &self.metadata_blob(chunk, &key)?,
+            )?;
+            for d in digests {
+                let entry = next.next().ok_or_else(|| DbError::Decode {
+                    table: "layer_tocs",
+                    key: key.clone(),
+                    reason: "more file digests than entries".into(),
+                })?;
+                entry.digest = d;
+            }
+        }
+        if next.next().is_some() {
+            return Err(DbError::Decode {
+                table: "layer_tocs",
+                key,
+                reason: "fewer file digests than entries".into(),
+            });
+        }
+        Ok(Some(entries))
+    }
+    /// A metadata blob that layer `owner` refers to.
+    #[doc(hidden)]
+    fn metadata_blob(&self, digest: &Digest, owner: &str) -> Result<Vec<u8>, DbError> {
+        self.get_raw(METADATA_BLOBS, &digest.to_string())?
+            .ok_or_else(|| DbError::Decode {
+                table: "metadata_blobs",
+                key: digest.to_string(),
+                reason: format!("missing, but layer {owner} refers to it"),
+            })
+    }
+    /// Metadata blobs whose content does not hash to their key (for fsck).
+    fn damaged_metadata_blobs(&self) -> Result<Vec<String>, DbError> {
+        Ok(self
+            .all_raw(METADATA_BLOBS)?
+            .into_iter()
+            .filter(|(k, v)| Digest::of(v).to_string() != *k)
+            .map(|(k, _)| k)
+            .collect())
     }
     /// DiffIDs of every stored table of contents (for fsck).
     fn toc_keys(&self) -> Result<Vec<String>, DbError> {
@@ -419,9 +491,16 @@ pub trait DbView {
     }
     fn skeleton(&self, diff_id: &Digest) -> Result<Option<Skeleton>, DbError> {
         let key = diff_id.to_string();
-        self.get_raw(LAYER_SKELETONS, &key)?
-            .map(|b| decode("layer_skeletons", &key, &b))
-            .transpose()
+        let Some(raw) = self.get_raw(LAYER_SKELETONS, &key)? else {
+            return Ok(None);
+        };
+        let blob: Digest = decode("layer_skeletons", &key, &raw)?;
+        decode(
+            "metadata_blobs",
+            &blob.to_string(),
+            &self.metadata_blob(&blob, &key)?,
+        )
+        .map(Some)
     }
     /// The DiffID of a compressed blob zstore has imported.
     fn blob_diff_id(&self, blob: &Digest) -> Result<Option<Digest>, DbError> {
@@ -534,8 +613,6 @@ impl DbWrite {
     pub fn remove_name(&self, name: &str) -> Result<bool, DbError> {
         self.del(REFS, name)
     }
-    /// Stores a layer with its table of contents and skeleton.
-    /// Stores the DiffID hash states at each file of a layer.
     /// Records a layer: its TOC, skeleton and DiffID hash states (which only the newest layer
     /// of each shape keeps: it is the one a later pull of that shape resumes from).
     pub fn put_layer(
@@ -553,15 +630,74 @@ impl DbWrite {
             self.del(LAYER_MIDSTATES, &previous.to_string())?;
         }
         self.put(LAYER_SHAPES, &shape, &encode(&record.diff_id))?;
-        self.put(LAYER_TOCS, &key, &encode_compressed(&toc))?;
-        // The skeleton's bytes are compressed already.
-        self.put(LAYER_SKELETONS, &key, &encode(skeleton))?;
+        self.put_toc(&key, toc)?;
+        self.put_skeleton(&key, skeleton)?;
         if states.is_empty() {
             self.del(LAYER_MIDSTATES, &key)?;
         } else {
             self.put(LAYER_MIDSTATES, &key, &encode_compressed(&states))?;
         }
         self.put(LAYERS, &key, &encode(record))
+    }
+    /// Stores a value as a metadata blob (once, however many layers refer to it).
+    fn put_metadata_blob(&self, bytes: &[u8]) -> Result<Digest, DbError> {
+        let digest = Digest::of(bytes);
+        let key = digest.to_string();
+        if self.get_raw(METADATA_BLOBS, &key)?.is_none() {
+            self.put(METADATA_BLOBS, &key, bytes)?;
+        }
+        Ok(digest)
+    }
+    fn put_toc(&self, key: &str, toc: &[Entry]) -> Result<(), DbError> {
+        let shape: Vec<Entry> = toc
+            .iter()
+            .map(|e| Entry {
+                digest: None,
+                ..e.clone()
+            })
+            .collect();
+        let shape = self.put_metadata_blob(&encode_compressed(&shape))?;
+        let digests: Vec<Option<Digest>> = toc.iter().map(|e| e.digest).collect();
+        let digest_chunks = digests
+            .chunks(DIGEST_CHUNK)
+            .map(|c| self.put_metadata_blob(&encode(&c)))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.put(
+            LAYER_TOCS,
+            key,
+            &encode(&TocRecord {
+                shape,
+                digest_chunks,
+            }),
+        )
+    }
+    fn put_skeleton(&self, key: &str, skeleton: &Skeleton) -> Result<(), DbError> {
+        // The skeleton's bytes are compressed already.
+        let blob = self.put_metadata_blob(&encode(skeleton))?;
+        self.put(LAYER_SKELETONS, key, &encode(&blob))
+    }
+    /// Removes the metadata blobs no layer refers to any more; returns how many.
+    pub fn remove_unreferenced_metadata(&self, dry_run: bool) -> Result<u64, DbError> {
+        let mut used: HashSet<String> = HashSet::new();
+        for (key, raw) in self.all_raw(LAYER_TOCS)? {
+            let record: TocRecord = decode("layer_tocs", &key, &raw)?;
+            used.insert(record.shape.to_string());
+            used.extend(record.digest_chunks.iter().map(Digest::to_string));
+        }
+        for (key, raw) in self.all_raw(LAYER_SKELETONS)? {
+            let blob: Digest = decode("layer_skeletons", &key, &raw)?;
+            used.insert(blob.to_string());
+        }
+        let mut removed = 0;
+        for (key, _) in self.all_raw(METADATA_BLOBS)? {
+            if !used.contains(&key) {
+                removed += 1;
+                if !dry_run {
+                    self.del(METADATA_BLOBS, &key)?;
+                }
+            }
+        }
+        Ok(removed)
     }
     pub fn remove_layer(&self, diff_id: &Digest) -> Result<bool, DbError> {
         let key = diff_id.to_string();
@@ -602,52 +738,131 @@ impl DbWrite {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layer::entry::EntryKind;
 
-    #[test]
-    fn version_2_skeletons_are_migrated_on_open() {
-        let dir = tempfile::tempdir().unwrap();
-        let (path, lock) = (dir.path().join("db.redb"), dir.path().join("db.lock"));
-        let diff_id = Digest::of(b"layer");
+    fn entries() -> Vec<Entry> {
+        let file = |name: &str, content: &[u8]| Entry {
+            path: name.as_bytes().to_vec(),
+            kind: EntryKind::Regular,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: crate::layer::tar::Timestamp {
+                secs: 1_700_000_000,
+                nanos: 0,
+            },
+            size: content.len() as u64,
+            link_target: Vec::new(),
+            dev_major: 0,
+            dev_minor: 0,
+            xattrs: Default::default(),
+            digest: Some(Digest::of(content)),
+        };
+        vec![file("a", b"one"), file("b", b"two")]
+    }
+
+    /// A database at `version` holding one layer in that version's form.
+    fn old_database(path: &Path, version: u32, diff_id: &Digest) {
+        let db = redb::Database::create(path).unwrap();
+        let w = db.begin_write().unwrap();
+        for t in ALL_TABLES
+            .iter()
+            .filter(|t| t.name() != METADATA_BLOBS.name())
         {
-            let db = redb::Database::create(&path).unwrap();
-            let w = db.begin_write().unwrap();
-            for t in ALL_TABLES {
-                w.open_table(t).unwrap();
-            }
-            w.open_table(META)
-                .unwrap()
-                .insert("schema", &2u32.to_le_bytes()[..])
-                .unwrap();
-            let old = v2::Skeleton {
+            w.open_table(*t).unwrap();
+        }
+        w.open_table(META)
+            .unwrap()
+            .insert("schema", &version.to_le_bytes()[..])
+            .unwrap();
+        let key = diff_id.to_string();
+        let skeleton = if version == 2 {
+            encode_compressed(&v2::Skeleton {
                 segments: vec![
                     v2::Segment::Raw(vec![1, 2, 3]),
                     v2::Segment::Payload(0),
                     v2::Segment::Raw(vec![4]),
+                    v2::Segment::Payload(1),
                 ],
-            };
-            w.open_table(LAYER_SKELETONS)
-                .unwrap()
-                .insert(
-                    diff_id.to_string().as_str(),
-                    encode_compressed(&old).as_slice(),
-                )
-                .unwrap();
-            w.commit().unwrap();
+            })
+        } else {
+            encode(&new_skeleton())
+        };
+        w.open_table(LAYER_SKELETONS)
+            .unwrap()
+            .insert(key.as_str(), skeleton.as_slice())
+            .unwrap();
+        w.open_table(LAYER_TOCS)
+            .unwrap()
+            .insert(key.as_str(), encode_compressed(&entries()).as_slice())
+            .unwrap();
+        w.commit().unwrap();
+    }
+
+    fn new_skeleton() -> Skeleton {
+        Skeleton::from_parts([
+            Part::Raw(vec![1, 2, 3]),
+            Part::Payload(0),
+            Part::Raw(vec![4]),
+            Part::Payload(1),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn older_databases_are_migrated_on_open() {
+        for version in [2, 3] {
+            let dir = tempfile::tempdir().unwrap();
+            let (path, lock) = (dir.path().join("db.redb"), dir.path().join("db.lock"));
+            let diff_id = Digest::of(b"layer");
+            old_database(&path, version, &diff_id);
+            let db = Db::open(&path, &lock).unwrap();
+            let r = db.read().unwrap();
+            assert_eq!(r.toc(&diff_id).unwrap().unwrap(), entries(), "{version}");
+            assert_eq!(
+                r.skeleton(&diff_id).unwrap().unwrap(),
+                new_skeleton(),
+                "{version}"
+            );
+            drop(r);
+            drop(db);
+            // Opened again (read-only this time), it is at the current version.
+            let reader = DbReader::open(&path, &lock).unwrap();
+            assert!(matches!(reader, DbReader::ReadOnly { .. }), "{version}");
+            assert_eq!(
+                reader.read().unwrap().toc(&diff_id).unwrap().unwrap(),
+                entries()
+            );
         }
-        let db = Db::open(&path, &lock).unwrap();
-        let skeleton = db.read().unwrap().skeleton(&diff_id).unwrap().unwrap();
-        let parts: Vec<Part> = skeleton.parts().collect::<std::io::Result<_>>().unwrap();
-        assert_eq!(
-            parts,
-            vec![
-                Part::Raw(vec![1, 2, 3]),
-                Part::Payload(0),
-                Part::Raw(vec![4])
-            ]
-        );
-        drop(db);
-        // Opening again finds the current version.
-        let db = Db::open(&path, &lock).unwrap();
-        assert!(db.read().unwrap().skeleton(&diff_id).unwrap().is_some());
+    }
+
+    #[test]
+    fn layers_of_one_shape_share_their_metadata_and_gc_keeps_what_is_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("db.redb"), &dir.path().join("db.lock")).unwrap();
+        let mut second = entries();
+        second[1].digest = Some(Digest::of(b"changed"));
+        let record = |toc: &[Entry]| LayerRecord {
+            diff_id: Digest::of(&encode(&toc.to_vec())),
+            tar_size: 0,
+            entries: toc.len() as u64,
+            files: 2,
+            logical_bytes: 6,
+        };
+        let (r1, r2) = (record(&entries()), record(&second));
+        let w = db.write().unwrap();
+        w.put_layer(&r1, &entries(), &new_skeleton(), &[]).unwrap();
+        let after_one = w.all_raw(METADATA_BLOBS).unwrap().len();
+        w.put_layer(&r2, &second, &new_skeleton(), &[]).unwrap();
+        // Shape and skeleton are shared; only the digest chunk differs.
+        assert_eq!(w.all_raw(METADATA_BLOBS).unwrap().len(), after_one + 1);
+        assert_eq!(w.toc(&r2.diff_id).unwrap().unwrap(), second);
+        assert_eq!(w.remove_unreferenced_metadata(false).unwrap(), 0);
+        w.remove_layer(&r1.diff_id).unwrap();
+        assert_eq!(w.remove_unreferenced_metadata(false).unwrap(), 1);
+        assert_eq!(w.toc(&r2.diff_id).unwrap().unwrap(), second);
+        assert_eq!(w.skeleton(&r2.diff_id).unwrap().unwrap(), new_skeleton());
+        assert!(w.damaged_metadata_blobs().unwrap().is_empty());
+        w.commit().unwrap();
     }
 }

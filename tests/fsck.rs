@@ -94,6 +94,24 @@ fn metadata_changed_through_checkout(f: &Fixture) {
     .unwrap();
 }
 
+fn damaged_layer_metadata(f: &Fixture) {
+    use redb::{ReadableTable, TableDefinition};
+    let table = TableDefinition::<&str, &[u8]>::new("metadata_blobs");
+    let db = redb::Database::open(f.zs.root.join("db.redb")).unwrap();
+    let w = db.begin_write().unwrap();
+    {
+        let mut t = w.open_table(table).unwrap();
+        let (key, mut value) = {
+            let (k, v) = t.first().unwrap().unwrap();
+            (k.value().to_string(), v.value().to_vec())
+        };
+        // Cut short: the record no longer decodes, nor hashes to its key.
+        value.pop();
+        t.insert(key.as_str(), value.as_slice()).unwrap();
+    }
+    w.commit().unwrap();
+}
+
 fn stray_file(f: &Fixture) {
     std::fs::write(f.zs.root.join("objects/00/not-an-object"), b"?").unwrap();
 }
@@ -103,7 +121,7 @@ type Case = (&'static str, fn(&Fixture), &'static str);
 
 #[test]
 fn fsck_finds_each_kind_of_damage() {
-    let cases: [Case; 5] = [
+    let cases: [Case; 6] = [
         ("corrupted object", corrupt_object, "corrupt_object"),
         ("missing object", missing_object, "missing_object"),
         (
@@ -117,6 +135,11 @@ fn fsck_finds_each_kind_of_damage() {
             "metadata_mismatch",
         ),
         ("stray file", stray_file, "stray_file"),
+        (
+            "damaged layer metadata record",
+            damaged_layer_metadata,
+            "bad_record",
+        ),
     ];
     for (what, damage, kind) in cases {
         let f = fixture();

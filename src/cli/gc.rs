@@ -24,10 +24,11 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     } else if !ctx.quiet {
         let verb = if r.dry_run { "would remove" } else { "removed" };
         println!(
-            "{verb} {} objects ({} variants), {} layers, {} temp entries; {} freed",
+            "{verb} {} objects ({} variants), {} layers ({} metadata records), {} temp entries; {} freed",
             r.removed_objects,
             r.removed_variants,
             r.removed_layers,
+            r.removed_metadata,
             r.removed_temp,
             output::bytes(r.removed_bytes)
         );

@@ -52,9 +52,7 @@ impl RegistryError {
     pub fn is_body_failure(&self) -> bool {
         matches!(self, RegistryError::Body { .. })
     }
-}
 
-impl RegistryError {
     /// The HTTP status, when the registry answered with an error status.
     pub fn status(&self) -> Option<StatusCode> {
         match self {

@@ -30,6 +30,8 @@ pub struct GcReport {
     pub removed_layers: u64,
     /// Entries removed from `tmp/` (staging of interrupted pulls, temp files).
     pub removed_temp: u64,
+    /// Layer metadata records (shapes, digest chunks, skeletons) no layer uses any more.
+    pub removed_metadata: u64,
 }
 
 /// The canonical name (if any) of one content and its variants, each with "keep".
@@ -63,6 +65,7 @@ pub fn gc(store: &Store, dry_run: bool, progress: &dyn Progress) -> Result<GcRep
             }
         }
         report.removed_layers = removed.len() as u64;
+        report.removed_metadata = w.remove_unreferenced_metadata(dry_run)?;
         for (blob, diff_id) in w.blobs()? {
             if (removed.contains(&diff_id) || w.layer(&diff_id)?.is_none()) && !dry_run {
                 w.remove_blob(&blob)?;
