@@ -127,6 +127,16 @@ pub struct CheckoutRecord {
     pub created_at: i64,
 }
 
+/// The file whose lock serialises database access across processes.
+fn open_lock_file(lock_path: &Path) -> Result<File, DbError> {
+    File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(lock_path)
+        .map_err(DbError::Lock)
+}
+
 /// An open database, holding the cross-process lock until dropped.
 pub struct Db {
     db: redb::Database,
@@ -137,12 +147,7 @@ impl Db {
     /// Opens (creating if needed) the database at `path`, first taking the exclusive `lock_path`
     /// file lock, waiting for other processes' short transactions.
     pub fn open(path: &Path, lock_path: &Path) -> Result<Db, DbError> {
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(lock_path)
-            .map_err(DbError::Lock)?;
+        let lock = open_lock_file(lock_path)?;
         lock.lock().map_err(DbError::Lock)?;
         let db = redb::Database::create(path).map_err(redb_err)?;
         let this = Db { db, _lock: lock };
@@ -262,12 +267,7 @@ impl DbReader {
         if !path.exists() {
             return Ok(None);
         }
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(lock_path)
-            .map_err(DbError::Lock)?;
+        let lock = open_lock_file(lock_path)?;
         lock.lock_shared().map_err(DbError::Lock)?;
         let Ok(db) = redb::ReadOnlyDatabase::open(path) else {
             return Ok(None);

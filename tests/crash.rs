@@ -9,6 +9,28 @@ use std::process::Stdio;
 
 use common::*;
 
+/// Runs zstore with `args` until it reaches hook `point`, then kills it there (abort: no
+/// cleanup, as in a crash); returns its output.
+fn run_killed_at(
+    zs: &Zs,
+    args: &[&str],
+    hooks: &std::path::Path,
+    point: &str,
+) -> std::process::Output {
+    let child = zs
+        .cmd()
+        .args(args)
+        .env("ZSTORE_TEST_HOOK_DIR", hooks)
+        .env("ZSTORE_TEST_HOOK_POINTS", point)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_hook(hooks, point);
+    std::fs::write(hooks.join(format!("{point}.abort")), b"").unwrap();
+    child.wait_with_output().unwrap()
+}
+
 fn killed_pull_at(point: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let mut layout = Layout::new(&tmp.path().join("layout"));
@@ -17,18 +39,7 @@ fn killed_pull_at(point: &str) {
     zs.ok(&["pull", &layout.source("c0")]);
     let hooks = tmp.path().join("hooks");
     std::fs::create_dir(&hooks).unwrap();
-    let child = zs
-        .cmd()
-        .args(["pull", &layout.source("c1")])
-        .env("ZSTORE_TEST_HOOK_DIR", &hooks)
-        .env("ZSTORE_TEST_HOOK_POINTS", point)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_hook(&hooks, point);
-    std::fs::write(hooks.join(format!("{point}.abort")), b"").unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = run_killed_at(&zs, &["pull", &layout.source("c1")], &hooks, point);
     assert!(!out.status.success(), "{point}: the pull was killed");
 
     let fsck = zs.json(&["fsck"]);
@@ -233,18 +244,8 @@ fn killed_push_at(point: &str) {
 
     let hooks = tmp.path().join("hooks");
     std::fs::create_dir(&hooks).unwrap();
-    let child = zs
-        .cmd()
-        .args(["push", &layout.source("c1"), &dest])
-        .env("ZSTORE_TEST_HOOK_DIR", &hooks)
-        .env("ZSTORE_TEST_HOOK_POINTS", point)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_hook(&hooks, point);
-    std::fs::write(hooks.join(format!("{point}.abort")), b"").unwrap();
-    assert!(!child.wait_with_output().unwrap().status.success());
+    let killed = run_killed_at(&zs, &["push", &layout.source("c1"), &dest], &hooks, point);
+    assert!(!killed.status.success(), "{point}: the push was killed");
 
     assert_eq!(
         std::fs::read(out.join("index.json")).unwrap(),

@@ -8,23 +8,37 @@ mod common;
 use common::*;
 
 const MIB: u64 = 1 << 20;
+const GZIP_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+const ZSTD_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+
+/// A layout in `tmp` holding one single-layer image `tag` made of a ready blob, and an empty
+/// store next to it.
+fn one_layer_image(
+    tmp: &std::path::Path,
+    tag: &str,
+    blob: Vec<u8>,
+    media_type: &str,
+    annotations: serde_json::Value,
+    diff_id: Digest,
+) -> (Layout, Zs) {
+    let mut layout = Layout::new(&tmp.join("layout"));
+    layout.add_image_blobs(tag, &[(blob, media_type.to_string(), annotations, diff_id)]);
+    (layout, Zs::new(&tmp.join("store")))
+}
 
 #[test]
 fn a_million_file_layer_pulls_with_bounded_memory() {
     let tmp = tempfile::tempdir().unwrap();
     let files = 1_000_000;
     let (blob, diff_id) = many_files_layer(files, 4096);
-    let mut layout = Layout::new(&tmp.path().join("layout"));
-    layout.add_image_blobs(
+    let (layout, zs) = one_layer_image(
+        tmp.path(),
         "many",
-        &[(
-            blob,
-            "application/vnd.oci.image.layer.v1.tar+gzip".to_string(),
-            serde_json::Value::Null,
-            diff_id,
-        )],
+        blob,
+        GZIP_LAYER,
+        serde_json::Value::Null,
+        diff_id,
     );
-    let zs = Zs::new(&tmp.path().join("store"));
     let (code, out, err, rss) = zs.run_measured(&["pull", &layout.source("many"), "--json"]);
     assert_eq!(code, Some(0), "{err}");
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -80,12 +94,14 @@ fn refused_with_bounded_memory(
     expect: &str,
 ) {
     let tmp = tempfile::tempdir().unwrap();
-    let mut layout = Layout::new(&tmp.path().join("layout"));
-    layout.add_image_blobs(
+    let (layout, zs) = one_layer_image(
+        tmp.path(),
         name,
-        &[(blob, media_type.to_string(), ann, Digest::of(b"unused"))],
+        blob,
+        media_type,
+        ann,
+        Digest::of(b"unused"),
     );
-    let zs = Zs::new(&tmp.path().join("store"));
     let (code, _, err, rss) =
         zs.run_measured(&["pull", &layout.source(name), "--partial", "always"]);
     eprintln!("{name}: peak RSS {} MiB: {}", rss / MIB, err.trim());
@@ -99,8 +115,6 @@ fn refused_with_bounded_memory(
     assert_eq!(zs.json(&["images"]), serde_json::json!([]), "{name}");
 }
 
-const ZSTD_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
-
 #[test]
 fn a_toc_declared_over_the_limit_is_never_read_the_layer_is_pulled_whole() {
     // Like containers/storage: a TOC over 150 MiB means a plain (verified) full pull.
@@ -111,9 +125,7 @@ fn a_toc_declared_over_the_limit_is_never_read_the_layer_is_pulled_whole() {
     let blob = zstd::bulk::compress(&tar, 3).unwrap();
     let (_, ann) = toc_only_layer(b"never read", 151 * MIB);
     let tmp = tempfile::tempdir().unwrap();
-    let mut layout = Layout::new(&tmp.path().join("layout"));
-    layout.add_image_blobs("declared", &[(blob, ZSTD_LAYER.to_string(), ann, diff_id)]);
-    let zs = Zs::new(&tmp.path().join("store"));
+    let (layout, zs) = one_layer_image(tmp.path(), "declared", blob, ZSTD_LAYER, ann, diff_id);
     let (code, out, err, rss) = zs.run_measured(&[
         "pull",
         &layout.source("declared"),
@@ -181,7 +193,7 @@ fn data_on_a_non_file_entry_past_the_limit_is_refused() {
     refused_with_bounded_memory(
         "symlink-data",
         blob,
-        "application/vnd.oci.image.layer.v1.tar+gzip",
+        GZIP_LAYER,
         serde_json::Value::Null,
         "carries 1073741824 bytes",
     );
@@ -212,17 +224,14 @@ fn a_highly_compressed_large_file_is_stored_with_bounded_memory() {
     let diff_id = Digest::from_hex(&hex::encode(sha2::Digest::finalize(tar_hash)));
     let blob = gz.finish().unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let mut layout = Layout::new(&tmp.path().join("layout"));
-    layout.add_image_blobs(
+    let (layout, zs) = one_layer_image(
+        tmp.path(),
         "zeros",
-        &[(
-            blob,
-            "application/vnd.oci.image.layer.v1.tar+gzip".to_string(),
-            serde_json::Value::Null,
-            diff_id,
-        )],
+        blob,
+        GZIP_LAYER,
+        serde_json::Value::Null,
+        diff_id,
     );
-    let zs = Zs::new(&tmp.path().join("store"));
     let (code, out, err, rss) = zs.run_measured(&["pull", &layout.source("zeros"), "--json"]);
     assert_eq!(code, Some(0), "{err}");
     eprintln!("256 MiB file from a small blob: peak RSS {} MiB", rss / MIB);
@@ -257,12 +266,14 @@ fn a_toc_just_under_the_limit_is_parsed_with_bounded_memory() {
     drop(json);
     let (blob, ann) = toc_only_layer(&toc_z, declared);
     let tmp = tempfile::tempdir().unwrap();
-    let mut layout = Layout::new(&tmp.path().join("layout"));
-    layout.add_image_blobs(
+    let (layout, zs) = one_layer_image(
+        tmp.path(),
         "big",
-        &[(blob, ZSTD_LAYER.to_string(), ann, Digest::of(b"unused"))],
+        blob,
+        ZSTD_LAYER,
+        ann,
+        Digest::of(b"unused"),
     );
-    let zs = Zs::new(&tmp.path().join("store"));
     let (code, _, err, rss) =
         zs.run_measured(&["pull", &layout.source("big"), "--partial", "always"]);
     eprintln!(
