@@ -84,17 +84,8 @@ fn gc_killed_while_holding_the_lock() {
     zs.ok(&["pull", &layout.source("c0")]);
     let hooks = tmp.path().join("hooks");
     std::fs::create_dir(&hooks).unwrap();
-    let child = zs
-        .cmd()
-        .arg("gc")
-        .env("ZSTORE_TEST_HOOK_DIR", &hooks)
-        .env("ZSTORE_TEST_HOOK_POINTS", "gc-locked")
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_hook(&hooks, "gc-locked");
-    std::fs::write(hooks.join("gc-locked.abort"), b"").unwrap();
-    assert!(!child.wait_with_output().unwrap().status.success());
+    let out = run_killed_at(&zs, &["gc"], &hooks, "gc-locked");
+    assert!(!out.status.success());
     // The lock died with the process: everything works at once.
     let fsck = zs.json(&["fsck"]);
     assert_eq!(fsck["errors"], serde_json::json!([]), "{fsck}");
@@ -118,23 +109,19 @@ fn checkout_killed_before_its_rename_leaves_no_tree_and_is_cleaned_by_the_next()
     let hooks = tmp.path().join("hooks");
     std::fs::create_dir(&hooks).unwrap();
     let dest = tmp.path().join("co");
-    let child = zs
-        .cmd()
-        .args([
+    let out = run_killed_at(
+        &zs,
+        &[
             "checkout",
             &layout.source("c0"),
             dest.to_str().unwrap(),
             "--mode",
             "copy",
-        ])
-        .env("ZSTORE_TEST_HOOK_DIR", &hooks)
-        .env("ZSTORE_TEST_HOOK_POINTS", "checkout-before-rename")
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_hook(&hooks, "checkout-before-rename");
-    std::fs::write(hooks.join("checkout-before-rename.abort"), b"").unwrap();
-    assert!(!child.wait_with_output().unwrap().status.success());
+        ],
+        &hooks,
+        "checkout-before-rename",
+    );
+    assert!(!out.status.success());
     assert!(
         !dest.exists(),
         "a killed checkout never shows a partial tree at its destination"
