@@ -9,6 +9,28 @@ use std::process::Stdio;
 
 use common::*;
 
+/// `count` near-identical images (`files` files of `size` bytes) in a layout, and an empty store,
+/// in a new temp directory.
+fn images_and_store(
+    count: usize,
+    files: usize,
+    size: usize,
+    compression: Compression,
+) -> (tempfile::TempDir, Layout, Zs) {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut layout = Layout::new(&tmp.path().join("layout"));
+    near_identical_images(&mut layout, count, files, size, compression);
+    let zs = Zs::new(&tmp.path().join("store"));
+    (tmp, layout, zs)
+}
+
+/// An empty directory for test hook files.
+fn hooks_dir(tmp: &std::path::Path) -> std::path::PathBuf {
+    let hooks = tmp.join("hooks");
+    std::fs::create_dir(&hooks).unwrap();
+    hooks
+}
+
 /// Runs zstore with `args` until it reaches hook `point`, then kills it there (abort: no
 /// cleanup, as in a crash); returns its output.
 fn run_killed_at(
@@ -32,13 +54,9 @@ fn run_killed_at(
 }
 
 fn killed_pull_at(point: &str) {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut layout = Layout::new(&tmp.path().join("layout"));
-    near_identical_images(&mut layout, 2, 10, 30_000, Compression::Gzip);
-    let zs = Zs::new(&tmp.path().join("store"));
+    let (tmp, layout, zs) = images_and_store(2, 10, 30_000, Compression::Gzip);
     zs.ok(&["pull", &layout.source("c0")]);
-    let hooks = tmp.path().join("hooks");
-    std::fs::create_dir(&hooks).unwrap();
+    let hooks = hooks_dir(tmp.path());
     let out = run_killed_at(&zs, &["pull", &layout.source("c1")], &hooks, point);
     assert!(!out.status.success(), "{point}: the pull was killed");
 
@@ -77,13 +95,9 @@ fn pull_killed_after_publishing_before_commit() {
 
 #[test]
 fn gc_killed_while_holding_the_lock() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut layout = Layout::new(&tmp.path().join("layout"));
-    near_identical_images(&mut layout, 1, 4, 10_000, Compression::Zstd);
-    let zs = Zs::new(&tmp.path().join("store"));
+    let (tmp, layout, zs) = images_and_store(1, 4, 10_000, Compression::Zstd);
     zs.ok(&["pull", &layout.source("c0")]);
-    let hooks = tmp.path().join("hooks");
-    std::fs::create_dir(&hooks).unwrap();
+    let hooks = hooks_dir(tmp.path());
     let out = run_killed_at(&zs, &["gc"], &hooks, "gc-locked");
     assert!(!out.status.success());
     // The lock died with the process: everything works at once.
@@ -101,13 +115,9 @@ fn gc_killed_while_holding_the_lock() {
 
 #[test]
 fn checkout_killed_before_its_rename_leaves_no_tree_and_is_cleaned_by_the_next() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut layout = Layout::new(&tmp.path().join("layout"));
-    near_identical_images(&mut layout, 1, 6, 10_000, Compression::Gzip);
-    let zs = Zs::new(&tmp.path().join("store"));
+    let (tmp, layout, zs) = images_and_store(1, 6, 10_000, Compression::Gzip);
     zs.ok(&["pull", &layout.source("c0")]);
-    let hooks = tmp.path().join("hooks");
-    std::fs::create_dir(&hooks).unwrap();
+    let hooks = hooks_dir(tmp.path());
     let dest = tmp.path().join("co");
     let out = run_killed_at(
         &zs,
@@ -162,10 +172,7 @@ fn checkout_killed_before_its_rename_leaves_no_tree_and_is_cleaned_by_the_next()
 fn pulls_killed_at_random_moments_leave_a_consistent_store() {
     // A deterministic sequence of kill delays (no randomness between runs), spread over the
     // whole pull: each round kills a pull, checks the store, and the last pull completes.
-    let tmp = tempfile::tempdir().unwrap();
-    let mut layout = Layout::new(&tmp.path().join("layout"));
-    near_identical_images(&mut layout, 2, 60, 40_000, Compression::Gzip);
-    let zs = Zs::new(&tmp.path().join("store"));
+    let (_tmp, layout, zs) = images_and_store(2, 60, 40_000, Compression::Gzip);
     let mut x: u64 = 0x9e3779b97f4a7c15;
     for round in 0..8 {
         x ^= x << 13;
@@ -218,10 +225,7 @@ fn layout_debris(layout: &std::path::Path) -> Vec<String> {
 /// still names the image pushed before, which still pulls), and the next push removes the
 /// debris and completes.
 fn killed_push_at(point: &str) {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut layout = Layout::new(&tmp.path().join("layout"));
-    near_identical_images(&mut layout, 2, 10, 30_000, Compression::Gzip);
-    let zs = Zs::new(&tmp.path().join("store"));
+    let (tmp, layout, zs) = images_and_store(2, 10, 30_000, Compression::Gzip);
     let c0 = zs.json(&["pull", &layout.source("c0")]);
     let c1 = zs.json(&["pull", &layout.source("c1")]);
     let out = tmp.path().join("out");
@@ -229,8 +233,7 @@ fn killed_push_at(point: &str) {
     zs.ok(&["push", &layout.source("c0"), &dest]);
     let index_before = std::fs::read(out.join("index.json")).unwrap();
 
-    let hooks = tmp.path().join("hooks");
-    std::fs::create_dir(&hooks).unwrap();
+    let hooks = hooks_dir(tmp.path());
     let killed = run_killed_at(&zs, &["push", &layout.source("c1"), &dest], &hooks, point);
     assert!(!killed.status.success(), "{point}: the push was killed");
 
@@ -295,10 +298,7 @@ fn kill_after(zs: &Zs, args: &[&str], delay_ms: u64) {
 #[test]
 fn pushes_checkouts_and_gcs_killed_at_random_moments_leave_everything_consistent() {
     // Like the pull test above, a fixed sequence of delays spread over each operation.
-    let tmp = tempfile::tempdir().unwrap();
-    let mut layout = Layout::new(&tmp.path().join("layout"));
-    near_identical_images(&mut layout, 2, 60, 40_000, Compression::Gzip);
-    let zs = Zs::new(&tmp.path().join("store"));
+    let (tmp, layout, zs) = images_and_store(2, 60, 40_000, Compression::Gzip);
     let c0 = zs.json(&["pull", &layout.source("c0")]);
     zs.ok(&["pull", &layout.source("c1")]);
     let reference = tmp.path().join("reference");

@@ -343,6 +343,14 @@ impl Setup {
     }
 }
 
+fn assert_succeeded(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn assert_consistent(zs: &Zs) {
     let fsck = zs.json(&["fsck"]);
     assert_eq!(fsck["errors"], serde_json::json!([]), "{fsck}");
@@ -372,11 +380,7 @@ fn partial_pull_under(fault: Fault) -> (Setup, Zs, std::process::Output) {
 #[test]
 fn server_ignoring_range_still_gives_a_correct_pull() {
     let (_s, zs, out) = partial_pull_under(Fault::IgnoreRange);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["layers"][0]["diff_id_verified"], true);
     assert_consistent(&zs);
@@ -385,22 +389,14 @@ fn server_ignoring_range_still_gives_a_correct_pull() {
 #[test]
 fn multi_range_refused_with_416_is_split() {
     let (_s, zs, out) = partial_pull_under(Fault::RejectMultiRange);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
     assert_consistent(&zs);
 }
 
 #[test]
 fn transient_503s_are_retried() {
     let (_s, zs, out) = partial_pull_under(Fault::ServerErrors(2));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
     assert_consistent(&zs);
 }
 
@@ -421,11 +417,7 @@ fn broken_multipart_body_is_a_clear_error() {
 #[test]
 fn multi_range_requests_are_used() {
     let (_s, zs, out) = partial_pull_under(Fault::None);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["layers"][0]["reused_files"], 20, "{r}");
     assert!(
@@ -457,11 +449,7 @@ fn whole_pull_with_retries(fault: Fault, retries: u32) -> (Setup, Zs, std::proce
 
 /// The pull succeeded, verified its layers, stored every file, and the store is consistent.
 fn assert_complete_pull(zs: &Zs, out: &std::process::Output) {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(out);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     for layer in report["layers"].as_array().unwrap() {
         assert_eq!(layer["diff_id_verified"], true, "{report}");

@@ -251,9 +251,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn vector_2_holes_and_short_zero_runs() {
-        let data = [
+    /// Data with holes of 5000 and 3000 zero bytes and a run of 1023 (below the threshold).
+    fn vector_2_data() -> Vec<u8> {
+        [
             g(100000, 2),
             zeros(5000),
             g(200000, 3),
@@ -261,7 +261,12 @@ mod tests {
             g(50000, 4),
             zeros(3000),
         ]
-        .concat();
+        .concat()
+    }
+
+    #[test]
+    fn vector_2_holes_and_short_zero_runs() {
+        let data = vector_2_data();
         assert_eq!(
             fmt(&chunks_of(&data)),
             "0:100000:d 100000:5000:z 105000:25472:d 130472:13729:d 144201:90340:d 234541:23632:d \
@@ -291,15 +296,7 @@ mod tests {
 
     #[test]
     fn feeding_in_pieces_changes_nothing() {
-        let data = [
-            g(100000, 2),
-            zeros(5000),
-            g(200000, 3),
-            zeros(1023),
-            g(50000, 4),
-            zeros(3000),
-        ]
-        .concat();
+        let data = vector_2_data();
         let whole = chunks_of(&data);
         for piece in [1usize, 7, 4096, 65537] {
             let mut v = Vec::new();
